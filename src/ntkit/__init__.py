@@ -1,0 +1,13 @@
+"""ntkit: neural tangent kernels for PyTorch.
+
+Infinite-width NNGP/NTK kernels of layer descriptions (:mod:`ntkit.layers`), empirical NTKs
+of any ``torch.nn.Module``, and what the kernels say about training.
+"""
+
+from ntkit import layers
+from ntkit.empirical import empirical_ntk, monte_carlo_kernel
+from ntkit.kernel import Kernel
+
+__version__ = "0.1.0"
+
+__all__ = ["Kernel", "__version__", "empirical_ntk", "layers", "monte_carlo_kernel"]

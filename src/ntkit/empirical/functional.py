@@ -1,0 +1,88 @@
+"""Turn a ``torch.nn.Module`` (or ``f(params, x)``) into a pure function of its parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+__all__ = ["FunctionalModel", "functionalize"]
+
+
+@dataclass(frozen=True)
+class FunctionalModel:
+    """A model as ``fn(params, x)`` with the parameters it is differentiated in.
+
+    Attributes:
+        fn: ``fn(params, x)`` maps a batch ``(n, *in_shape)`` to outputs ``(n, *out_shape)``.
+        params: The parameters the kernel differentiates in (name -> tensor).
+        module: The module it came from, if any.
+    """
+
+    fn: Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
+    params: dict[str, torch.Tensor]
+    module: nn.Module | None = None
+
+
+def _check_batch_coupling(model: nn.Module) -> None:
+    for name, sub in model.named_modules():
+        if isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.training:
+            raise ValueError(
+                f"module {name or type(model).__name__!r} ({type(sub).__name__}) is in training "
+                "mode, where it normalizes with batch statistics, so each output depends on the "
+                "whole batch and the per-sample NTK is not defined. Call model.eval() to use "
+                "its running statistics (or replace it by a per-sample normalization)."
+            )
+
+
+def functionalize(
+    model: nn.Module | Callable,
+    params: Mapping[str, torch.Tensor] | Iterable[str] | None = None,
+) -> FunctionalModel:
+    """Pure-function view of ``model`` for ``torch.func`` transforms.
+
+    Args:
+        model: A ``torch.nn.Module`` (its parameters, buffers and eval-mode BatchNorm are
+            used; tied weights count once) or a function ``f(params, x)``.
+        params: For a module: ``None`` (all parameters that require grad) or names of the
+            parameters to differentiate in (the others stay fixed). For a function: the
+            parameter dict (required).
+
+    Returns:
+        A :class:`FunctionalModel`.
+
+    Raises:
+        ValueError: train-mode BatchNorm, unknown parameter names, or no parameters.
+        TypeError: ``model`` is neither a module nor a callable.
+    """
+    if isinstance(model, nn.Module):
+        _check_batch_coupling(model)
+        named = dict(model.named_parameters())
+        if params is None:
+            chosen = [n for n, p in named.items() if p.requires_grad]
+        else:
+            chosen = list(params.keys() if isinstance(params, Mapping) else params)
+            unknown = [n for n in chosen if n not in named]
+            if unknown:
+                raise ValueError(
+                    f"params names {unknown} are not parameters of the model; "
+                    f"known: {sorted(named)}."
+                )
+        if not chosen:
+            raise ValueError("the model has no parameters to differentiate in.")
+        fixed = {n: p.detach() for n, p in named.items() if n not in chosen}
+        fixed.update(dict(model.named_buffers()))
+        selected = {n: named[n].detach() for n in chosen}
+
+        def fn(p, x):
+            return functional_call(model, (p, fixed), (x,))
+
+        return FunctionalModel(fn=fn, params=selected, module=model)
+    if callable(model):
+        if not isinstance(params, Mapping) or not params:
+            raise ValueError("for a function f(params, x), pass params= as a non-empty dict.")
+        return FunctionalModel(fn=model, params={n: p.detach() for n, p in params.items()})
+    raise TypeError(f"model must be a torch.nn.Module or f(params, x); got {type(model).__name__}.")

@@ -1,0 +1,71 @@
+"""The immutable result of an infinite-width kernel computation."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Kernel"]
+
+
+@dataclass(frozen=True, eq=False)
+class Kernel:
+    """NNGP and NTK of a batch pair, with what layers need to keep going.
+
+    Layers are pure functions ``Kernel -> Kernel``; use :meth:`replace` to derive a new one.
+    Kernels describe one output channel: with ``O`` outputs the full covariance is
+    ``nngp ⊗ I_O`` (likewise for ``ntk``).
+
+    Attributes:
+        nngp: NNGP covariance between ``x1`` and ``x2``. Shape ``(n1, n2)`` for vector
+            features; ``(n1, n2, H, H', W, W')`` (full spatial covariance) or
+            ``(n1, n2, H, W)`` (``diagonal_spatial``) for images, one spatial pair per axis.
+        ntk: NTK, same shape as ``nngp``; ``None`` when the NTK is not computed.
+        cov1: Variances of ``x1`` (the batch diagonal of the ``x1, x1`` NNGP): ``(n1,)``,
+            or ``(n1, H, H, W, W)`` / ``(n1, H, W)`` with spatial axes.
+        cov2: Variances of ``x2``, shaped as ``cov1``; ``None`` when ``x2`` is ``x1``.
+        shape: Per-sample shape of the finite network's activations at this point,
+            ``(features,)`` or ``(channels, *spatial)``; standard parameterization and
+            channel concatenation read widths from it.
+        is_gaussian: Whether the pre-activations are (jointly) Gaussian, which the
+            closed-form activation rules require.
+        independent: Whether the value is zero-mean and independent of every sibling
+            branch since the last ``FanOut`` (true right after a weight layer). Fan-in
+            layers need all but one branch independent to drop cross-covariances.
+        diagonal_spatial: Whether only same-location covariances are kept.
+        x1_is_x2: Whether ``x2`` is the same batch as ``x1`` (``nngp`` is symmetric).
+        pair_shift: Inside a tile of an ``x1_is_x2`` computation, entry ``(i, j)`` pairs a
+            sample with itself exactly when ``j - i == pair_shift`` (layers such as
+            Dropout act on those entries only).
+    """
+
+    nngp: torch.Tensor
+    ntk: torch.Tensor | None
+    cov1: torch.Tensor
+    cov2: torch.Tensor | None
+    shape: tuple[int, ...]
+    is_gaussian: bool = True
+    independent: bool = False
+    diagonal_spatial: bool = False
+    x1_is_x2: bool = False
+    pair_shift: int = 0
+
+    def replace(self, **changes) -> Kernel:
+        """Return a copy with the given fields replaced."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def cov2_or_cov1(self) -> torch.Tensor:
+        """Variances of ``x2``: ``cov2``, or ``cov1`` when ``x2`` is ``x1``."""
+        return self.cov1 if self.cov2 is None else self.cov2
+
+    def __repr__(self) -> str:
+        def desc(t):
+            return "None" if t is None else f"tensor{tuple(t.shape)}"
+
+        return (
+            f"Kernel(nngp={desc(self.nngp)}, ntk={desc(self.ntk)}, shape={self.shape}, "
+            f"is_gaussian={self.is_gaussian}, dtype={self.nngp.dtype}, device={self.nngp.device})"
+        )

@@ -1,0 +1,77 @@
+"""Layer descriptions: one spec builds the infinite-width kernel and the finite network.
+
+Example:
+    >>> from ntkit import layers as L
+    >>> net = L.serial(L.Dense(512, w_std=1.5, b_std=0.05), L.ReLU(), L.Dense(10))
+    >>> k = net.kernel(x1, x2)                  # doctest: +SKIP
+    >>> model = net.module(in_shape=(784,))     # doctest: +SKIP
+"""
+
+from ntkit.layers.activations import (
+    GELU,
+    RBF,
+    ABReLU,
+    Abs,
+    Activation,
+    Cos,
+    Elementwise,
+    Erf,
+    Exp,
+    Gaussian,
+    Hermite,
+    LeakyReLU,
+    Monomial,
+    Polynomial,
+    RectifiedMonomial,
+    ReLU,
+    Sign,
+    Sin,
+)
+from ntkit.layers.base import Layer, LayerSpecError
+from ntkit.layers.combinators import (
+    FanInConcat,
+    FanInProd,
+    FanInSum,
+    FanOut,
+    Parallel,
+    Serial,
+    parallel,
+    repeat,
+    serial,
+)
+from ntkit.layers.dense import Dense, Flatten, Identity
+
+__all__ = [
+    "ABReLU",
+    "Abs",
+    "Activation",
+    "Cos",
+    "Dense",
+    "Elementwise",
+    "Erf",
+    "Exp",
+    "FanInConcat",
+    "FanInProd",
+    "FanInSum",
+    "FanOut",
+    "Flatten",
+    "GELU",
+    "Gaussian",
+    "Hermite",
+    "Identity",
+    "Layer",
+    "LayerSpecError",
+    "LeakyReLU",
+    "Monomial",
+    "Parallel",
+    "Polynomial",
+    "RBF",
+    "ReLU",
+    "RectifiedMonomial",
+    "Serial",
+    "Sign",
+    "Sin",
+    "parallel",
+    "repeat",
+    "serial",
+]

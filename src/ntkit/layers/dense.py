@@ -1,0 +1,212 @@
+"""Fully connected layers and shape plumbing: ``Dense``, ``Identity``, ``Flatten``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ntkit.kernel import Kernel
+from ntkit.layers import _init
+from ntkit.layers._spatial import location_diagonal
+from ntkit.layers.base import Layer, LayerSpecError, Shape
+from ntkit.layers.modules import DenseNTK
+
+__all__ = ["PARAMETERIZATIONS", "Dense", "Flatten", "Identity", "check_parameterization"]
+
+PARAMETERIZATIONS = ("ntk", "standard")
+
+
+def check_parameterization(parameterization: str) -> str:
+    """Return ``parameterization`` if it is known, else raise ``ValueError``."""
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(
+            f"parameterization must be one of {PARAMETERIZATIONS}; got {parameterization!r}."
+        )
+    return parameterization
+
+
+def check_std(value, name: str, allow_none: bool) -> float | None:
+    """Validate a standard deviation argument (finite, >= 0; ``None`` if allowed)."""
+    if value is None:
+        if allow_none:
+            return None
+        raise ValueError(f"{name} must be a non-negative number; got None.")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite non-negative number; got {value}.")
+    return value
+
+
+def affine_kernel(
+    k: Kernel,
+    *,
+    w_std: float,
+    b_std: float | None,
+    parameterization: str,
+    fan_in: int,
+    out_shape: tuple[int, ...],
+) -> Kernel:
+    """Kernel of ``w x + b`` with fresh zero-mean weights, shared by Dense and Conv.
+
+    The NNGP is ``w_std^2 q + b_std^2``. The NTK is ``nngp_out + w_std^2 ntk_in`` under NTK
+    parameterization, and ``fan_in q + w_std^2 ntk_in (+ 1 with a bias)`` under standard
+    parameterization, where the weights' gradients are not rescaled by ``1/sqrt(fan_in)``.
+    ``k.nngp`` is the (already patch-summed) input covariance ``q``.
+    """
+    w2 = w_std**2
+    b2 = 0.0 if b_std is None else b_std**2
+
+    def affine(t):
+        return t * w2 + b2 if b2 else t * w2
+
+    nngp = affine(k.nngp)
+    ntk = None
+    if k.ntk is not None:
+        if parameterization == "ntk":
+            ntk = torch.add(nngp, k.ntk, alpha=w2)
+        else:
+            ntk = torch.add(k.nngp * float(fan_in), k.ntk, alpha=w2)
+            if b_std is not None:
+                ntk = ntk + 1.0
+    return k.replace(
+        nngp=nngp,
+        ntk=ntk,
+        cov1=affine(k.cov1),
+        cov2=None if k.cov2 is None else affine(k.cov2),
+        shape=out_shape,
+        is_gaussian=True,
+        independent=True,
+    )
+
+
+class Dense(Layer):
+    """Fully connected layer acting on ``(n, features)`` inputs.
+
+    NTK parameterization (default): ``y = (w_std / sqrt(d)) W x + b_std b`` with standard
+    normal ``W`` and ``b``. Standard parameterization: ``y = W x + b`` with
+    ``W ~ N(0, w_std^2 / d)`` and ``b ~ N(0, b_std^2)``. Both give the NNGP
+    ``w_std^2 q + b_std^2``; the NTKs differ (see :func:`affine_kernel`).
+
+    Args:
+        out_features: Width of the layer (the readout's number of outputs ``O`` for the last).
+        w_std: Weight standard deviation ``sigma_w``.
+        b_std: Bias standard deviation ``sigma_b``; ``None`` (default) means no bias.
+        parameterization: ``"ntk"`` or ``"standard"``.
+    """
+
+    memory_factor = 3.0
+
+    def __init__(
+        self,
+        out_features: int,
+        w_std: float = 1.0,
+        b_std: float | None = None,
+        *,
+        parameterization: str = "ntk",
+    ):
+        if int(out_features) != out_features or out_features < 1:
+            raise ValueError(f"Dense out_features must be a positive integer; got {out_features}.")
+        self.out_features = int(out_features)
+        self.w_std = check_std(w_std, "w_std", allow_none=False)
+        self.b_std = check_std(b_std, "b_std", allow_none=True)
+        self.parameterization = check_parameterization(parameterization)
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        if not isinstance(in_shape, tuple) or len(in_shape) != 1:
+            raise LayerSpecError(
+                f"Dense expects inputs of shape (n, features); got per-sample shape "
+                f"{in_shape}. Add Flatten() (or a pooling layer) before Dense."
+            )
+        return (self.out_features,)
+
+    def kernel_rule(self, k: Kernel) -> Kernel:
+        return affine_kernel(
+            k,
+            w_std=self.w_std,
+            b_std=self.b_std,
+            parameterization=self.parameterization,
+            fan_in=k.shape[0],
+            out_shape=(self.out_features,),
+        )
+
+    def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
+        d = in_shape[0]
+        shape = (self.out_features, d)
+        if self.parameterization == "ntk":
+            mod = DenseNTK(d, self.out_features, self.w_std, self.b_std)
+            mod.weight.copy_(_init.normal(shape, generator))
+            if mod.bias is not None:
+                mod.bias.copy_(_init.normal((self.out_features,), generator))
+            return mod
+        mod = nn.Linear(d, self.out_features, bias=self.b_std is not None, dtype=torch.float64)
+        mod.weight.copy_(_init.normal(shape, generator, self.w_std / math.sqrt(d)))
+        if mod.bias is not None:
+            mod.bias.copy_(_init.normal((self.out_features,), generator, self.b_std))
+        return mod
+
+    def __repr__(self) -> str:
+        return (
+            f"Dense({self.out_features}, w_std={self.w_std}, b_std={self.b_std}, "
+            f"parameterization={self.parameterization!r})"
+        )
+
+
+class Identity(Layer):
+    """Passes its input through unchanged (finite and infinite)."""
+
+    memory_factor = 1.0
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        return in_shape
+
+    def kernel_rule(self, k):
+        return k
+
+    def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
+        return nn.Identity()
+
+
+class Flatten(Layer):
+    """Flattens ``(n, C, *spatial)`` to ``(n, C * prod(spatial))``, channels-first order.
+
+    Same order as ``torch.flatten(x, 1)``. The kernel of the flattened features is the
+    average over locations of the per-location kernels, so only the same-location
+    (diagonal) spatial covariance is needed upstream. On ``(n, features)`` it is the identity.
+    """
+
+    memory_factor = 1.0
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        if not isinstance(in_shape, tuple):
+            raise LayerSpecError(f"Flatten expects a single stream; got shapes {in_shape}.")
+        return (math.prod(in_shape),)
+
+    def input_layout(self, diagonal_spatial):
+        return True
+
+    def kernel_rule(self, k: Kernel) -> Kernel:
+        n_spatial = len(k.shape) - 1
+        if n_spatial == 0:
+            return k
+
+        def mean_locations(t, pair: bool):
+            if t is None:
+                return None
+            if not k.diagonal_spatial:
+                t = location_diagonal(t, n_spatial, pair=pair)
+            first = 2 if pair else 1
+            return t.mean(dim=tuple(range(first, first + n_spatial)))
+
+        return k.replace(
+            nngp=mean_locations(k.nngp, True),
+            ntk=mean_locations(k.ntk, True),
+            cov1=mean_locations(k.cov1, False),
+            cov2=mean_locations(k.cov2, False),
+            shape=(math.prod(k.shape),),
+            diagonal_spatial=False,
+        )
+
+    def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
+        return nn.Flatten(1)
