@@ -120,7 +120,9 @@ def _sine_gap(q12, q11, q22):
 
     ``S = sqrt(q11 q22) sin(theta)``; a pair with a zero variance gets ``theta = pi/2``.
     """
-    gap = torch.addcmul(q11 * q22, q12, q12, value=-1.0).clamp_min_(0.0).sqrt_()
+    # No fused multiply-add here: with q11 = q22 = q12 both products round identically and
+    # the gap is exactly 0 (theta = 0), which an FMA would turn into sqrt(eps) noise.
+    gap = (q11 * q22).sub_(q12 * q12).clamp_min_(0.0).sqrt_()
     theta = torch.atan2(gap, q12)
     if bool((q11 == 0).any()) or bool((q22 == 0).any()):
         degenerate = (q11 * q22 == 0).expand_as(theta)
@@ -176,6 +178,9 @@ class ReLU(ABReLU):
     def fn(self, x):
         return torch.relu(x)
 
+    def build_module(self, in_shape, generator):
+        return torch.nn.ReLU()
+
     def __repr__(self):
         return "ReLU()"
 
@@ -190,6 +195,12 @@ class LeakyReLU(ABReLU):
     def __init__(self, alpha: float = 0.01):
         super().__init__(alpha, 1.0)
         self.alpha = float(alpha)
+
+    def fn(self, x):
+        return torch.nn.functional.leaky_relu(x, self.alpha)
+
+    def build_module(self, in_shape, generator):
+        return torch.nn.LeakyReLU(self.alpha)
 
     def __repr__(self):
         return f"LeakyReLU(alpha={self.alpha})"
@@ -264,6 +275,9 @@ class GELU(Activation):
 
     def fn(self, x):
         return torch.nn.functional.gelu(x, approximate=self.approximate)
+
+    def build_module(self, in_shape, generator):
+        return torch.nn.GELU(approximate=self.approximate)
 
     def expectations(self, q12, q11, q22, need_dot):
         prod = q11 * q22
