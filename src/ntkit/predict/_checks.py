@@ -106,7 +106,10 @@ def as_times(t, *, discrete: bool, dtype: torch.dtype, device) -> tuple[torch.Te
     elif isinstance(t, (int, float)) and not isinstance(t, bool):
         tt = torch.tensor(float(t), dtype=dtype, device=device)
     elif isinstance(t, (list, tuple)):
-        tt = torch.tensor([float(v) for v in t], dtype=dtype, device=device)
+        try:
+            tt = torch.tensor(t, dtype=dtype, device=device)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"t must be a list of numbers; got {t!r}.") from err
     else:
         raise TypeError(f"t must be a number, a list or a 1-D tensor of times; got {type(t)}.")
     scalar = tt.ndim == 0

@@ -65,8 +65,9 @@ def _pick(k: Kernel, name: str, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class EnsemblePredictor:
-    """Mean/covariance of the trained infinite ensemble; built by
-    :func:`gradient_descent_mse_ensemble`.
+    """Mean/covariance of the trained infinite ensemble (see the module docs).
+
+    Built by :func:`gradient_descent_mse_ensemble`.
 
     Call it as ``predictor(t, x_test=None, *, cov=True)``:
 
@@ -99,7 +100,8 @@ class EnsemblePredictor:
             k_ss = k_xx_nngp if cov else None
         else:
             k_nngp_sx, k_theta_sx = _pick(
-                self._kernel_fn(x_test, self._x_train, **self._kw), "kernel(x_test, x_train)",
+                self._kernel_fn(x_test, self._x_train, **self._kw),
+                "kernel(x_test, x_train)",
                 self._kind,
             )
             k_nngp_sx = k_nngp_sx.to(y.dtype)

@@ -200,8 +200,10 @@ def gradient_descent(
         fn = _builtin_loss(loss, reduction, sys.n)
     elif callable(loss):
         if reduction is not None:
-            raise ValueError("reduction applies to the built-in losses only; a callable loss "
-                             "carries its own convention.")
+            raise ValueError(
+                "reduction applies to the built-in losses only; a callable loss "
+                "carries its own convention."
+            )
         fn = loss
     else:
         raise TypeError(f"loss must be a string or a callable; got {type(loss).__name__}.")

@@ -158,10 +158,9 @@ class BlockKernelOperator(KernelOperator):
 
     def _block(self, start: int, stop: int) -> torch.Tensor:
         kb = self.kernel_fn(self.x1[start:stop], self.x2)
-        if kb.shape != (stop - start, self.shape[1]):
-            raise ValueError(
-                f"kernel_fn returned shape {tuple(kb.shape)}; expected {(stop - start, self.shape[1])}."
-            )
+        want = (stop - start, self.shape[1])
+        if tuple(kb.shape) != want:
+            raise ValueError(f"kernel_fn returned shape {tuple(kb.shape)}; expected {want}.")
         return kb.to(self.dtype)
 
     def matmul(self, v: torch.Tensor) -> torch.Tensor:
