@@ -37,6 +37,11 @@ def test_mean_and_covariance_equal_formula_f4():
         torch.testing.assert_close(out.mean[i], mean, atol=1e-8, rtol=1e-8)
         torch.testing.assert_close(out.cov[i], cov, atol=1e-8, rtol=1e-8)
     torch.testing.assert_close(out.cov[0], net.kernel(xs).nngp)  # the prior at t = 0
+    diag = ens(times, xs, cov="diag")
+    torch.testing.assert_close(diag.cov, torch.diagonal(out.cov, dim1=1, dim2=2))
+    torch.testing.assert_close(diag.mean, out.mean)
+    on_train = ens(times, cov="diag")  # x_test=None: the training inputs
+    assert on_train.cov.shape == (3, 7) and on_train.mean.shape == (3, 7, 2)
 
 
 def test_infinite_time_limits():
@@ -84,10 +89,12 @@ def test_discrete_ridge_ensemble_equals_brute_force_linear_map():
 def test_kernel_function_input_and_errors():
     net = _net()
     x, y = randn(5, 3, seed=9), randn(5, seed=10)
-    a = gradient_descent_mse_ensemble(net, x, y)(2.0, x[:2], cov=False)
+    a = gradient_descent_mse_ensemble(net, x, y)(2.0, x[:2], cov="none")
     b = gradient_descent_mse_ensemble(lambda x1, x2: net.kernel(x1, x2), x, y)(2.0, x[:2])
     torch.testing.assert_close(a.mean, b.mean)
     assert a.cov is None and b.cov.shape == (2, 2)
+    with pytest.raises(ValueError, match="cov must be one of"):
+        gradient_descent_mse_ensemble(net, x, y)(2.0, x[:2], cov=True)
     with pytest.raises(ValueError, match="kernel must be one of"):
         gradient_descent_mse_ensemble(net, x, y, kernel="gp")
     with pytest.raises(ValueError, match="y_train"):

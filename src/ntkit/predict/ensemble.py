@@ -24,6 +24,7 @@ from ntkit.predict.dynamics import SpectralFlow, _effective_rate, _matmul_times
 __all__ = ["Ensemble", "EnsemblePredictor", "gradient_descent_mse_ensemble"]
 
 KINDS = ("ntk", "nngp")
+COV_MODES = ("full", "diag", "none")
 
 
 class Ensemble(NamedTuple):
@@ -33,7 +34,8 @@ class Ensemble(NamedTuple):
         mean: ``(T, n_test, m)`` (``(n_test, m)`` for a scalar time; ``m`` dropped for 1-D
             targets).
         cov: ``(T, n_test, n_test)`` covariance shared by all outputs (``(n_test, n_test)``
-            for a scalar time), or ``None`` when not requested.
+            for a scalar time); ``(T, n_test)`` variances with ``cov="diag"``; ``None`` with
+            ``cov="none"``.
     """
 
     mean: torch.Tensor
@@ -69,14 +71,15 @@ class EnsemblePredictor:
 
     Built by :func:`gradient_descent_mse_ensemble`.
 
-    Call it as ``predictor(t, x_test=None, *, cov=True)``:
+    Call it as ``predictor(t, x_test=None, *, cov="full")``:
 
     Args:
         t: A time or ``T`` times (see :func:`~ntkit.predict.gradient_descent_mse`; ``inf``
             for the converged ensemble).
         x_test: ``(n_test, *in_shape)`` test inputs; ``None`` predicts on the training
             inputs.
-        cov: Whether to compute the covariance (needs ``K(x_test, x_test)``).
+        cov: ``"full"`` (default) for the covariance matrix, ``"diag"`` for variances only
+            (cheaper), ``"none"`` for the mean only (skips ``K(x_test, x_test)``).
 
     Returns:
         An :class:`Ensemble` ``(mean, cov)``.
@@ -90,14 +93,16 @@ class EnsemblePredictor:
         self._kind = kind
         self._kw = kernel_kwargs
 
-    def __call__(self, t, x_test=None, *, cov: bool = True) -> Ensemble:
+    def __call__(self, t, x_test=None, *, cov: str = "full") -> Ensemble:
+        if cov not in COV_MODES:
+            raise ValueError(f"cov must be one of {COV_MODES}; got {cov!r}.")
         flow, y, sys = self._flow, self._y, self._sys
         k_xx_nngp = self._k_nngp
         times, scalar = as_times(t, discrete=flow.discrete, dtype=y.dtype, device=y.device)
         gain = flow.gain(times)  # shape: (T, N)
         if x_test is None:
             k_nngp_sx, k_theta_sx = k_xx_nngp, sys.k
-            k_ss = k_xx_nngp if cov else None
+            k_ss = k_xx_nngp
         else:
             k_nngp_sx, k_theta_sx = _pick(
                 self._kernel_fn(x_test, self._x_train, **self._kw),
@@ -112,22 +117,26 @@ class EnsemblePredictor:
                     f"(n_test, {sys.n})."
                 )
             k_ss = None
-            if cov:
+            if cov != "none":
                 k_ss = self._kernel_fn(x_test, None, **self._kw).nngp.to(y.dtype)
         b = k_theta_sx @ flow.evecs  # shape: (R, N)
         d0 = flow.evecs.mT @ y
         mean = _matmul_times(b, gain[:, :, None] * d0[None])
         mean = sys.unflatten(mean)
         c = None
-        if cov:
+        if cov != "none":
             # A_t = b diag(g_t) V^T;  A_t K(X, x) = b diag(g_t) (V^T K(X, x))
             vk = flow.evecs.mT @ k_nngp_sx.mT  # shape: (N, R)
             vkv = flow.evecs.mT @ k_xx_nngp @ flow.evecs  # shape: (N, N)
             bg = b[None] * gain[:, None, :]  # shape: (T, R, N)
-            cross = bg @ vk  # shape: (T, R, R)
-            quad = bg @ vkv @ bg.mT
-            c = k_ss[None] - cross - cross.mT + quad
-            c = (c + c.mT) / 2
+            if cov == "full":
+                cross = bg @ vk  # shape: (T, R, R)
+                c = k_ss[None] - cross - cross.mT + bg @ vkv @ bg.mT
+                c = (c + c.mT) / 2
+            else:
+                cross = (bg * vk.mT[None]).sum(-1)  # shape: (T, R)
+                quad = ((bg @ vkv) * bg).sum(-1)
+                c = (torch.diagonal(k_ss)[None] - 2 * cross + quad).clamp_min(0)
         if scalar:
             mean = mean[0]
             c = None if c is None else c[0]
@@ -179,7 +188,7 @@ def gradient_descent_mse_ensemble(
         max_memory: Memory budget passed to ``net.kernel``.
 
     Returns:
-        An :class:`EnsemblePredictor`: ``predictor(t, x_test=None, *, cov=True) ->
+        An :class:`EnsemblePredictor`: ``predictor(t, x_test=None, *, cov="full") ->
         Ensemble(mean, cov)``.
 
     Raises:
