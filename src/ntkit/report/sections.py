@@ -83,10 +83,8 @@ def regression_section(ctx: ReportContext) -> Section:
         acc = accuracy(pred, d.labels_test)
         ctx.results[f"test accuracy {name.upper()} regression"] = acc
         rows.append([name.upper(), f"{acc:.4f}", f"{ctx.timings[f'regression {name}']:.3f}"])
-    ridge = (
-        "ridgeless (pseudo-inverse)"
-        if not cfg.ridge_relative
-        else (f"ridge = {cfg.ridge_relative} x mean diagonal")
+    ridge = "ridgeless (pseudo-inverse)" if not cfg.ridge_relative else (
+        f"ridge = {cfg.ridge_relative} x mean diagonal"
     )
     return Section(
         title="Kernel regression",
