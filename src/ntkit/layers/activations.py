@@ -220,12 +220,8 @@ class Abs(ABReLU):
 
 
 # ----------------------------------------------------------------------------- smooth closed forms
-class Erf(Activation):
-    """``phi(x) = a * erf(b * x) + c`` (Williams 1997).
-
-    With ``p_i = 1 + 2 b^2 q_ii`` and ``D = sqrt(p_1 p_2 - 4 b^4 q12^2)``:
-    ``E = a^2 (2/pi) atan2(2 b^2 q12, D) + c^2`` and ``dot = a^2 b^2 (4/pi) / D``.
-    """
+class _ScaledShifted(Activation):
+    """Activations ``a * g(b * x + ...) + ...`` with parameters ``a, b, c`` and odd ``g``."""
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
         self.a, self.b, self.c = float(a), float(b), float(c)
@@ -233,6 +229,14 @@ class Erf(Activation):
     @property
     def odd(self) -> bool:
         return self.c == 0.0
+
+
+class Erf(_ScaledShifted):
+    """``phi(x) = a * erf(b * x) + c`` (Williams 1997).
+
+    With ``p_i = 1 + 2 b^2 q_ii`` and ``D = sqrt(p_1 p_2 - 4 b^4 q12^2)``:
+    ``E = a^2 (2/pi) atan2(2 b^2 q12, D) + c^2`` and ``dot = a^2 b^2 (4/pi) / D``.
+    """
 
     def fn(self, x):
         return self.a * torch.erf(self.b * x) + self.c
@@ -297,19 +301,12 @@ class GELU(Activation):
         return f"GELU(approximate={self.approximate!r})"
 
 
-class Sin(Activation):
+class Sin(_ScaledShifted):
     """``phi(x) = a * sin(b * x + c)``.
 
     With ``s_pm = exp(-b^2 (q11 + q22 +- 2 q12) / 2)`` (``s_+`` times ``cos(2c)``):
     ``E = a^2 (s_- - cos(2c) s_+) / 2`` and ``dot = a^2 b^2 (s_- + cos(2c) s_+) / 2``.
     """
-
-    def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
-        self.a, self.b, self.c = float(a), float(b), float(c)
-
-    @property
-    def odd(self) -> bool:
-        return self.c == 0.0
 
     def fn(self, x):
         return self.a * torch.sin(self.b * x + self.c)
