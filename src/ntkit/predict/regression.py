@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ntkit.predict._checks import KernelSystem, as_float_tensor, null_cutoff, resolve_ridge
@@ -34,16 +35,44 @@ def solve_psd(k: torch.Tensor, y: torch.Tensor, *, ridge: float = 0.0) -> torch.
     if y.ndim != 2 or y.shape[0] != k.shape[0]:
         raise ValueError(f"y must be (n, m) with n = {k.shape[0]}; got {tuple(y.shape)}.")
     ridge = resolve_ridge(ridge, None, k)
-    n = k.shape[0]
-    eye = torch.eye(n, dtype=k.dtype, device=k.device)
     if ridge > 0:
-        chol, info = torch.linalg.cholesky_ex(k + ridge * eye)
-        if int(info) == 0:
-            return torch.cholesky_solve(y, chol)
-    evals, evecs = torch.linalg.eigh((k + k.T) / 2 + ridge * eye)
+        out = _cholesky_solve(k, y, ridge)
+        if out is not None:
+            return out
+    a = k.clone()
+    a.diagonal().add_(ridge)
+    evals, evecs = torch.linalg.eigh((a + a.T) / 2)
+    del a
     keep = evals > null_cutoff(evals)
     inv = torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)), 0.0)
     return evecs @ (inv[:, None] * (evecs.T @ y))
+
+
+def _cholesky_solve(k: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor | None:
+    """Cholesky solve of ``(k + ridge I) a = y`` holding one extra copy of ``k``.
+
+    On the CPU, LAPACK factors the copy in place (through scipy); elsewhere torch allocates
+    the factor next to it. Returns ``None`` when ``k + ridge I`` is not positive definite.
+    """
+    a = k.clone()
+    a.diagonal().add_(ridge)
+    if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64):
+        import scipy.linalg
+
+        arr = a.numpy()  # C-contiguous and symmetric: arr.T is the same matrix, F-contiguous
+        try:
+            factor = scipy.linalg.cho_factor(
+                arr.T, lower=False, overwrite_a=True, check_finite=False
+            )
+        except np.linalg.LinAlgError:
+            return None
+        sol = scipy.linalg.cho_solve(factor, y.numpy(), check_finite=False)
+        return torch.from_numpy(np.ascontiguousarray(sol)).to(y.dtype)
+    chol, info = torch.linalg.cholesky_ex(a)
+    del a
+    if int(info) != 0:
+        return None
+    return torch.cholesky_solve(y, chol)
 
 
 def kernel_regression(

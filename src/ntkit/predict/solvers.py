@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 #: Default size of one block of kernel rows built by :class:`BlockKernelOperator` (bytes).
-BLOCK_BYTES = 256 * 2**20
+BLOCK_BYTES = 16 * 2**20
 
 
 class KernelOperator:
@@ -137,7 +137,8 @@ class BlockKernelOperator(KernelOperator):
         kernel_fn: ``kernel_fn(a, b)`` -> ``(len(a), len(b))`` tensor.
         x1: ``(n1, *in_shape)`` row inputs.
         x2: ``(n2, *in_shape)`` column inputs; ``None`` means ``x1`` (a square operator).
-        block_size: Rows per block; by default blocks of about 256 MiB.
+        block_size: Rows per block; by default blocks of about 16 MiB (small blocks reuse
+            allocator memory; large ones page-fault on every product).
         dtype: Dtype of the kernel blocks (float64 by default).
     """
 
@@ -212,7 +213,7 @@ def kernel_operator(
         x1: ``(n1, *in_shape)`` inputs (rows).
         x2: ``(n2, *in_shape)`` inputs (columns); ``None`` for the square ``K(x1, x1)``.
         get: ``"ntk"`` or ``"nngp"``, when the function returns an ``ntkit.Kernel``.
-        block_size: Rows per block (default: blocks of about 256 MiB).
+        block_size: Rows per block (default: blocks of about 16 MiB).
         dtype: Kernel dtype (float64 by default).
         max_memory: Memory budget passed to ``net.kernel`` for each block.
 
