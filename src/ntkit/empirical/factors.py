@@ -114,7 +114,7 @@ def gram(a: torch.Tensor, b: torch.Tensor, sym: bool) -> torch.Tensor:
         ``(N, M)``; exactly symmetric when ``sym``.
     """
     n = a.shape[0]
-    if not sym or n < 2 * _SYM_MIN_ROWS:
+    if not sym or n < 2 * _SYM_MIN_ROWS or a.shape[1] < 128:
         return a @ b.T
     nb = min(4, n // _SYM_MIN_ROWS)
     bounds = [round(i * n / nb) for i in range(nb + 1)]

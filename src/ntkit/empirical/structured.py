@@ -160,16 +160,22 @@ class _UseTracker(TorchFunctionMode):
 
 
 class _ByteCounter(TorchDispatchMode):
-    """Sums the bytes of every operator output."""
+    """Sums the bytes of every newly allocated operator output (views are not counted)."""
 
     def __init__(self):
         super().__init__()
         self.bytes = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        seen = {
+            t.untyped_storage().data_ptr()
+            for t in tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor)
+        }
         for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
                 self.bytes += t.numel() * t.element_size()
         return out
 

@@ -161,15 +161,12 @@ class MultiOut(nn.Module):
         self.l1 = DenseNTK(d, h, w_std=1.5, b_std=0.1)
         self.gn = nn.GroupNorm(2, h)
         self.l2 = DenseNTK(h, 6, w_std=1.0, b_std=None)
+        for p in self.parameters():
+            nn.init.normal_(p)
 
     def forward(self, x):
         h = torch.erf(self.gn(self.l1(x)))
         return self.l2(h).reshape(-1, 2, 3)
-
-
-def seq_mlp(dtype):
-    torch.manual_seed(0)
-    return MLP().to(dtype), torch.randn(5, 6, dtype=dtype), torch.randn(4, 6, dtype=dtype)
 
 
 def _randomize_bn(model):
@@ -185,10 +182,24 @@ def _randomize_bn(model):
 
 
 def make(name: str, dtype=torch.float64):
-    """``(model, x1, x2)`` for a zoo entry; ``model`` may be ``(f, params)``."""
+    """``(model, x1, x2)`` for a zoo entry; ``model`` may be ``(f, params)``.
+
+    Everything is drawn in float64 and then cast, so both dtypes see the same numbers.
+    """
+    model, x1, x2 = _make64(name)
+    if isinstance(model, tuple):
+        model = (model[0], {k: v.to(dtype) for k, v in model[1].items()})
+    else:
+        model = model.to(dtype)
+    cast = (lambda t: t.to(dtype)) if x1.is_floating_point() else (lambda t: t)
+    return model, cast(x1), cast(x2)
+
+
+def _make64(name: str):
+    dtype = torch.float64
     torch.manual_seed(0)
     if name == "mlp":
-        return seq_mlp(dtype)
+        return MLP().to(dtype), torch.randn(5, 6, dtype=dtype), torch.randn(4, 6, dtype=dtype)
     if name == "cnn":
         return (
             CNN().to(dtype),
