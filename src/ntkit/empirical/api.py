@@ -1,50 +1,236 @@
-"""Public entry points for empirical kernels and Monte Carlo estimates of analytic ones."""
+"""Public entry points: empirical NTKs, NTK-vector products, Monte Carlo estimates."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-from torch import nn
 
-from ntkit._validation import as_batch, check_same_features
-from ntkit.empirical.functional import functionalize
-from ntkit.empirical.jacobian import jacobian_ntk
+from ntkit._validation import as_batch, check_finite
+from ntkit.empirical.assemble import assemble, plan_chunks
+from ntkit.empirical.cost import IMPLEMENTATIONS, choose, estimate
+from ntkit.empirical.functional import FunctionalModel, functionalize, transform_safe
+from ntkit.empirical.jacobian import JacobianFeaturizer
+from ntkit.empirical.modes import ModeSpec, mode_spec
+from ntkit.empirical.structured import StructuredFeaturizer, feature_bytes, profile
+from ntkit.empirical.vector_products import ntvp_kernel, ntvp_plan, vector_product
 from ntkit.kernel import Kernel
+from ntkit.settings import default_max_memory, format_bytes
 
-__all__ = ["empirical_ntk", "monte_carlo_kernel"]
-
-MODES = ("full", "trace")
-
-
-def _model_dtype(model) -> torch.dtype | None:
-    if isinstance(model, nn.Module):
-        for p in model.parameters():
-            return p.dtype
-    return None
+__all__ = ["empirical_ntk", "monte_carlo_kernel", "ntk_vp"]
 
 
-def empirical_ntk(model, x1, x2=None, *, mode: str = "full", params=None) -> torch.Tensor:
+def _model_place(fm: FunctionalModel) -> tuple[torch.dtype, torch.device]:
+    p = next(iter(fm.params.values()))
+    if not p.is_floating_point():
+        raise TypeError(f"parameters must be floating point; got {p.dtype}.")
+    return p.dtype, p.device
+
+
+def _prepare(x, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Floating inputs go to the model's dtype; integer inputs (token ids) stay integer."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if isinstance(x, torch.Tensor) and not x.is_floating_point() and not x.is_complex():
+        if x.ndim < 1 or x.shape[0] == 0:
+            raise ValueError(f"{name} must be a non-empty batch (n, ...); got {tuple(x.shape)}.")
+        return x.to(device)
+    x = as_batch(x, name, dtype=dtype, device=device, min_rank=1)
+    check_finite(x, name)
+    return x
+
+
+def _inputs(fm, x1, x2):
+    dtype, device = _model_place(fm)
+    out_device = x1.device if isinstance(x1, torch.Tensor) else torch.device("cpu")
+    x1 = _prepare(x1, "x1", dtype, device)
+    if x2 is not None:
+        x2 = _prepare(x2, "x2", dtype, device)
+        if x1.shape[1:] != x2.shape[1:]:
+            raise ValueError(
+                f"x1 and x2 must have the same per-sample shape; got x1 {tuple(x1.shape)} "
+                f"and x2 {tuple(x2.shape)}."
+            )
+    return x1, x2, dtype, device, out_device
+
+
+def empirical_ntk(
+    model,
+    x1,
+    x2=None,
+    *,
+    mode: str = "full",
+    logit: int | None = None,
+    implementation: str = "auto",
+    params=None,
+    per_parameter: bool = False,
+    max_memory: int | None = None,
+):
     """Empirical (finite-width) NTK ``Theta(x, x') = J(x) J(x')^T`` of a model.
 
+    ``O`` is the number of outputs per sample (the output flattened after the batch axis).
+
     Args:
-        model: A ``torch.nn.Module`` or a function ``f(params, x)``.
-        x1: Inputs ``(n1, *in_shape)``.
-        x2: Inputs ``(n2, *in_shape)``; ``None`` means ``x1``.
-        mode: ``"full"``: ``(n1, n2, O, O)``; ``"trace"``: ``(n1, n2)``, ``sum_a Theta_aa``.
-        params: Subset of parameter names to differentiate in (module), or the parameter
-            dict (function).
+        model: A ``torch.nn.Module`` (parameters, buffers, eval-mode BatchNorm; tied weights
+            count once) or a function ``f(params, x)``.
+        x1: Inputs ``(n1, *in_shape)`` (floating, or integer token ids).
+        x2: Inputs ``(n2, *in_shape)``; ``None`` means ``x1`` (and uses symmetry).
+        mode: ``"full"`` -> ``(n1, n2, O, O)``; ``"trace"`` -> ``(n1, n2)``,
+            ``sum_a Theta_aa``; ``"diagonal"`` -> ``(n1, O, O)``, only ``k(x_i, x_i)``
+            (or ``k(x1_i, x2_i)`` when ``x2`` has ``n1`` rows); ``"sum_logits"`` ->
+            ``(n1, n2)``, the pseudo-NTK ``(1/O) grad(sum_a f_a) . grad(sum_b f_b)``;
+            ``"logit"`` -> ``(n1, n2)``, ``Theta_ii`` for ``logit=i``.
+        logit: Output index for ``mode="logit"``.
+        implementation: ``"jacobian"`` (Jacobian contraction), ``"ntvp"`` (NTK-vector
+            products), ``"structured"`` (per-module rules, exact fallback for other
+            parameters) or ``"auto"`` (chosen by a cost model).
+        params: Names of the parameters to differentiate in (module; default: all that
+            require grad), or the parameter dict (function).
+        per_parameter: Return ``{name: kernel}`` instead of the sum over parameters.
+        max_memory: Memory budget in bytes (default: half the available memory); inputs
+            and outputs are chunked to fit, or a ``ValueError`` gives the estimate.
 
     Returns:
-        The kernel, in the model's dtype, on the inputs' device.
+        The kernel in the model's dtype (float32 or float64) on ``x1``'s device, or a dict
+        of kernels keyed by parameter name.
+
+    Raises:
+        ValueError: bad mode, inputs, train-mode BatchNorm, or a memory budget that cannot
+            hold the result.
+        TypeError: ``model`` is neither a module nor a function, or inputs are not arrays.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}; got {mode!r}.")
+    if implementation not in (*IMPLEMENTATIONS, "auto"):
+        raise ValueError(
+            f"implementation must be one of {(*IMPLEMENTATIONS, 'auto')}; got {implementation!r}."
+        )
     fm = functionalize(model, params)
-    dtype = _model_dtype(model) or next(iter(fm.params.values())).dtype
-    x1 = as_batch(x1, "x1", dtype=dtype)
-    if x2 is not None:
-        x2 = as_batch(x2, "x2", dtype=dtype)
-        check_same_features(x1, x2)
-    return jacobian_ntk(fm, x1, x2, mode)
+    x1, x2, dtype, device, out_device = _inputs(fm, x1, x2)
+    with transform_safe():
+        return _empirical_ntk(
+            fm, x1, x2, mode, logit, implementation, per_parameter, max_memory, out_device
+        )
+
+
+def _empirical_ntk(fm, x1, x2, mode, logit, implementation, per_parameter, max_memory, out_device):
+    dtype, device = _model_place(fm)
+    prof = profile(fm, x1[:1], use_rules=implementation in ("structured", "auto"))
+    spec = mode_spec(mode, logit, prof.out_numel)
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    if spec.how == "diag" and n2 != n1:
+        raise ValueError(
+            f"mode='diagonal' pairs x1[i] with x2[i]; x2 must be None or have {n1} rows, got {n2}."
+        )
+    budget = default_max_memory(device) if max_memory is None else int(max_memory)
+    itemsize = torch.finfo(dtype).bits // 8
+    sym = x2 is None
+    ests = estimate(prof, spec, n1, n2, sym, itemsize, budget, device.type, per_parameter)
+    impl = implementation
+    if impl == "auto":
+        if not ests:
+            _refuse(prof, spec, n1, n2, itemsize, budget, per_parameter)
+        impl = choose(ests)
+    elif impl not in ests:
+        _refuse(prof, spec, n1, n2, itemsize, budget, per_parameter, impl)
+    names = list(fm.params) if per_parameter else None
+    out = _compute(impl, fm, prof, x1, x2, spec, ests[impl].plan, names)
+    if per_parameter:
+        return {n: spec.finalize(t).contiguous().to(out_device) for n, t in out.items()}
+    return spec.finalize(out).contiguous().to(out_device)
+
+
+def _compute(impl, fm, prof, x1, x2, spec: ModeSpec, plan, names):
+    dtype = next(iter(fm.params.values())).dtype
+    if impl == "ntvp":
+        cols, rows = plan
+        if names is None:
+            return ntvp_kernel(fm, x1, x2, spec, cols, rows)
+        return {n: ntvp_kernel(fm, x1, x2, spec, cols, rows, params=[n]) for n in names}
+    if impl == "jacobian":
+        feat = JacobianFeaturizer(fm)
+    else:
+        feat = StructuredFeaturizer(prof, fuse=names is None)
+    feat.dtype = dtype
+    return assemble(feat, x1, x2, spec, plan, names)
+
+
+def _refuse(prof, spec, n1, n2, itemsize, budget, per_parameter, impl=None):
+    """Raise the memory error of the most frugal implementation (or of ``impl``)."""
+    n_res = len(prof.param_numel) if per_parameter else 1
+    if impl == "ntvp":
+        ntvp_plan(spec, n1, n2, prof.total_params, prof.act_bytes, itemsize, budget)
+    elif impl == "jacobian":
+        plan_chunks(
+            spec,
+            n1,
+            n2,
+            False,
+            prof.act_bytes,
+            prof.total_params * itemsize + 2 * prof.act_bytes,
+            itemsize,
+            budget,
+            n_res,
+            "this kernel with implementation='jacobian'",
+        )
+    fixed, per_dir = feature_bytes(prof, spec.n_directions, itemsize)
+    plan_chunks(spec, n1, n2, False, fixed, per_dir + prof.act_bytes, itemsize, budget, n_res)
+    raise ValueError(f"max_memory={format_bytes(budget)} cannot hold this kernel.")
+
+
+def ntk_vp(model, x1, x2, v, *, params=None, max_memory: int | None = None) -> torch.Tensor:
+    """Matrix-free NTK-vector product ``Theta(x1, x2) @ v``.
+
+    ``(Theta v)[i, a] = sum_{j, b} Theta(x1_i, x2_j)_{ab} v[j, b]``, computed as one
+    vector-Jacobian product on ``x2`` and one Jacobian-vector product on ``x1``; neither
+    the Jacobian nor the kernel is formed.
+
+    Args:
+        model: A ``torch.nn.Module`` or ``f(params, x)``.
+        x1: ``(n1, *in_shape)``.
+        x2: ``(n2, *in_shape)`` or ``None`` for ``x1``.
+        v: ``(n2, O)``, or ``(n2, O, m)`` for ``m`` vectors at once.
+        params: Parameters to differentiate in (as in :func:`empirical_ntk`).
+        max_memory: Memory budget in bytes; samples are processed in chunks that fit.
+
+    Returns:
+        ``(n1, O)`` (or ``(n1, O, m)``) on ``x1``'s device, in the model's dtype.
+    """
+    fm = functionalize(model, params)
+    x1, x2, dtype, device, out_device = _inputs(fm, x1, x2)
+    xb = x1 if x2 is None else x2
+    with transform_safe():
+        prof = profile(fm, x1[:1], use_rules=False)
+    o = prof.out_numel
+    v = torch.as_tensor(v)
+    if v.ndim not in (2, 3) or tuple(v.shape[:2]) != (xb.shape[0], o):
+        raise ValueError(
+            f"v must have shape (n2, O) = ({xb.shape[0]}, {o}) or (n2, O, m); got {tuple(v.shape)}."
+        )
+    v = v.to(dtype=dtype, device=device)
+    check_finite(v, "v")
+    with transform_safe():
+        return _ntk_vp(fm, x1, xb, v, prof, max_memory, out_device)
+
+
+def _ntk_vp(fm, x1, xb, v, prof, max_memory, out_device):
+    dtype, device = _model_place(fm)
+    o = prof.out_numel
+    m = 1 if v.ndim == 2 else v.shape[2]
+    budget = default_max_memory(device) if max_memory is None else int(max_memory)
+    itemsize = torch.finfo(dtype).bits // 8
+    per_sample = 3 * prof.act_bytes * m + 2 * o * m * itemsize
+    fixed = 2 * prof.total_params * itemsize * m
+    if fixed + per_sample > budget:
+        raise ValueError(
+            f"max_memory={format_bytes(budget)} cannot hold an NTK-vector product: it needs "
+            f"at least {format_bytes(fixed + per_sample)} (parameters and one sample's "
+            "activations). Raise max_memory or pass fewer vectors at once."
+        )
+    chunk = max(1, int((budget - fixed) // per_sample))
+    if v.ndim == 2:
+        out = vector_product(fm, x1, xb, v, chunk)
+    else:
+        out = torch.stack([vector_product(fm, x1, xb, v[..., i], chunk) for i in range(m)], -1)
+    return out.to(out_device)
 
 
 def monte_carlo_kernel(
@@ -61,9 +247,10 @@ def monte_carlo_kernel(
 
     Averages, over ``n_samples`` networks ``net.module(in_shape, seed=seed + s)``, the
     output covariance ``f(x1) f(x2)^T / O`` (NNGP) and the traced empirical NTK
-    ``sum_a Theta_aa / O`` (NTK), i.e. per-output kernels comparable with ``net.kernel``.
-    The NNGP estimate's sampling error falls like ``(n_samples * O)^-1/2``; both estimates'
-    finite-width bias falls like ``width^-1/2`` (Novak et al. 2020 use the same estimator).
+    ``sum_a Theta_aa / O`` (NTK, fast path: ``implementation="auto"``), i.e. per-output
+    kernels comparable with ``net.kernel``. The NNGP estimate's sampling error falls like
+    ``(n_samples * O)^-1/2``; both estimates' finite-width bias falls like ``width^-1/2``
+    (Novak et al. 2020 use the same estimator).
 
     Args:
         net: An :class:`ntkit.layers.Layer` description ending in vector outputs ``(n, O)``.
@@ -84,8 +271,11 @@ def monte_carlo_kernel(
         raise ValueError(f"n_samples must be a positive integer; got {n_samples}.")
     x1 = as_batch(x1, "x1", dtype=dtype)
     x2_ = None if x2 is None else as_batch(x2, "x2", dtype=dtype)
-    if x2_ is not None:
-        check_same_features(x1, x2_)
+    if x2_ is not None and x1.shape[1:] != x2_.shape[1:]:
+        raise ValueError(
+            f"x1 and x2 must have the same per-sample shape; got x1 {tuple(x1.shape)} and "
+            f"x2 {tuple(x2_.shape)}."
+        )
     in_shape = tuple(x1.shape[1:])
     out_shape = net.out_shape(in_shape)
     if not isinstance(out_shape, tuple) or len(out_shape) != 1:
@@ -106,7 +296,9 @@ def monte_carlo_kernel(
             "cov2": None if x2_ is None else (f2 * f2).sum(1) / n_out,
         }
         if want_ntk:
-            terms["ntk"] = empirical_ntk(model, x1, x2_, mode="trace") / n_out
+            terms["ntk"] = (
+                empirical_ntk(model, x1, x2_, mode="trace", implementation="auto") / n_out
+            )
         nngp = terms["nngp"] if nngp is None else nngp + terms["nngp"]
         cov1 = terms["cov1"] if cov1 is None else cov1 + terms["cov1"]
         if terms["cov2"] is not None:

@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-__all__ = ["FunctionalModel", "functionalize"]
+__all__ = ["FunctionalModel", "functionalize", "transform_safe"]
+
+
+@contextlib.contextmanager
+def transform_safe() -> Iterator[None]:
+    """Run modules so that ``torch.func`` transforms see ops they can differentiate.
+
+    ``nn.MultiheadAttention`` (and the transformer layers) take a fused inference "fast
+    path" in eval mode, and ``scaled_dot_product_attention`` picks fused kernels; neither
+    supports forward-mode AD or has ``vmap`` rules. Inside this context the fast path is off
+    and attention uses its reference ("math") backend; both are restored after.
+    """
+    with contextlib.ExitStack() as stack:
+        mha = getattr(torch.backends, "mha", None)
+        if mha is not None:
+            before = mha.get_fastpath_enabled()
+            mha.set_fastpath_enabled(False)
+            stack.callback(mha.set_fastpath_enabled, before)
+        try:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+        except ImportError:  # pragma: no cover - older torch
+            pass
+        else:
+            stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        yield
 
 
 @dataclass(frozen=True)
@@ -29,12 +54,22 @@ class FunctionalModel:
 
 def _check_batch_coupling(model: nn.Module) -> None:
     for name, sub in model.named_modules():
-        if isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.training:
+        if not isinstance(sub, nn.modules.batchnorm._BatchNorm):
+            continue
+        label = f"module {name or type(model).__name__!r} ({type(sub).__name__})"
+        if sub.training:
             raise ValueError(
-                f"module {name or type(model).__name__!r} ({type(sub).__name__}) is in training "
-                "mode, where it normalizes with batch statistics, so each output depends on the "
-                "whole batch and the per-sample NTK is not defined. Call model.eval() to use "
-                "its running statistics (or replace it by a per-sample normalization)."
+                f"{label} is in training mode, where it normalizes with batch statistics, so "
+                "each output depends on the whole batch and the per-sample NTK is not "
+                "defined. Call model.eval() to use its running statistics (or replace it by "
+                "a per-sample normalization such as GroupNorm/LayerNorm)."
+            )
+        if sub.running_mean is None or sub.running_var is None:
+            raise ValueError(
+                f"{label} has track_running_stats=False, so even in eval mode it normalizes "
+                "with batch statistics and couples the samples of a batch. Build it with "
+                "track_running_stats=True (and call model.eval()), or use a per-sample "
+                "normalization such as GroupNorm/LayerNorm."
             )
 
 

@@ -1,0 +1,479 @@
+"""Structured empirical NTKs: per-module rules over layer inputs and output cotangents.
+
+For a parameter that enters the network only through one module's ``forward`` (a dense
+layer's weight, a convolution's filters, an embedding table, a normalization's affine
+parameters), its Jacobian is a simple function of that module's input ``x`` and of the
+cotangent ``g`` of the module's output: for ``y = x W^T``, ``dy/dW`` gives
+``J_W = g (x) x`` and the kernel share is ``(x . x') (g . g')``, so the Jacobian is never
+formed (Novak, Sohl-Dickstein & Schoenholz 2022, "Fast Finite Width Neural Tangent Kernel").
+
+One forward pass records every covered module's input; the cotangents of all covered
+modules' outputs for all ``K`` output directions come from one vector-Jacobian product
+vectorised over the directions (zero "probe" tensors added to the outputs are the
+differentiation variables). Any other parameter -- used outside its module, tied between
+modules, in a module without a rule, or behind a parametrization -- gets its exact
+per-sample Jacobian from the same pass (the generic fallback).
+
+Rules live in a registry (``{nn.Linear: rule, ...}``); :func:`register_rule` adds one for a
+user's module type.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.func import vjp, vmap
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
+
+from ntkit.empirical.factors import Dense, Factor, Kron, OneHot, materialize
+from ntkit.empirical.functional import FunctionalModel
+from ntkit.empirical.rules import BUILTIN_RULES
+
+__all__ = ["ModelProfile", "StructuredFeaturizer", "find_rule", "profile", "register_rule"]
+
+Rule = Callable[[nn.Module, torch.Tensor, torch.Tensor, tuple], dict]
+
+_REGISTRY: dict[type, tuple[Rule, Callable[[nn.Module], tuple[str, ...]] | tuple[str, ...]]] = {}
+
+
+def register_rule(
+    module_type: type,
+    rule: Rule,
+    *,
+    params: Sequence[str] | Callable[[nn.Module], Sequence[str]] = ("weight", "bias"),
+) -> None:
+    """Register a structured rule for a module type.
+
+    The rule also applies to subclasses that keep the type's ``forward``.
+
+    Args:
+        module_type: An ``nn.Module`` subclass (the class, not an instance).
+        rule: ``rule(module, x, g, names) -> {name: factor}``. ``x``: the module's first
+            input per sample ``(n, *in_shape)``; ``g``: cotangents of its output
+            ``(n, K, *out_shape)``; ``names``: the wanted names among ``params``. Factors
+            are :class:`ntkit.empirical.factors.Dense` ``(n, K, D)`` or
+            :class:`ntkit.empirical.factors.Kron`.
+        params: The module's own parameter names the rule handles, or a function of the
+            module returning them (return ``()`` where the rule does not apply).
+
+    Raises:
+        TypeError: ``module_type`` is not an ``nn.Module`` class or ``rule`` not callable.
+    """
+    if not isinstance(module_type, type) or not issubclass(module_type, nn.Module):
+        raise TypeError(
+            "register_rule expects an nn.Module subclass (the class, not an instance); "
+            f"got {module_type!r}."
+        )
+    if not callable(rule):
+        raise TypeError(f"rule must be callable; got {type(rule).__name__}.")
+    _REGISTRY[module_type] = (rule, params if callable(params) else tuple(params))
+
+
+for _t, (_r, _p) in BUILTIN_RULES.items():
+    register_rule(_t, _r, params=_p)
+
+
+def find_rule(module: nn.Module) -> tuple[Rule, tuple[str, ...]] | None:
+    """The rule for ``module`` and the parameter names it handles, or ``None``.
+
+    A rule registered for a base class applies to subclasses that do not override
+    ``forward``; parametrized modules (``torch.nn.utils.parametrize``) have none.
+    """
+    if getattr(module, "parametrizations", None) is not None:
+        return None
+    for cls in type(module).__mro__:
+        if cls in _REGISTRY:
+            if type(module).forward is not cls.forward:
+                return None
+            rule, params = _REGISTRY[cls]
+            names = tuple(params(module)) if callable(params) else params
+            return rule, tuple(n for n in names if module._parameters.get(n) is not None)
+    return None
+
+
+@dataclass
+class _Call:
+    module: nn.Module
+    out_shape: tuple[int, ...]
+    x: torch.Tensor | None = None  # the recorded one-sample input (analysis only)
+    out: torch.Tensor | None = None
+
+
+@dataclass
+class ModelProfile:
+    """What one forward pass on one sample tells about a model.
+
+    Attributes:
+        fm: The functional model.
+        out_numel: ``O``, outputs per sample.
+        flops: Forward FLOPs per sample.
+        act_bytes: Bytes of all intermediate results of one sample's forward pass.
+        param_numel: ``name -> size`` of the differentiated parameters.
+        covered: ``name -> (module, local_name)`` handled by rules.
+        generic: Names handled by the generic per-sample Jacobian.
+        calls: The covered modules' calls in forward order (output shapes per sample).
+        factor_shapes: ``name -> shape info`` of each covered parameter's factor for
+            one sample and one direction: ``("dense", D)`` or ``("kron", P, A, B)``.
+        fused_shapes: The same for the fused factors (weight and bias of one layer share
+            their cotangent), keyed like :class:`StructuredFeaturizer` with ``fuse=True``.
+    """
+
+    fm: FunctionalModel
+    out_numel: int
+    flops: float
+    act_bytes: float
+    param_numel: dict[str, int]
+    covered: dict[str, tuple[nn.Module, str]] = field(default_factory=dict)
+    generic: list[str] = field(default_factory=list)
+    calls: list[_Call] = field(default_factory=list)
+    factor_shapes: dict[str, tuple] = field(default_factory=dict)
+    fused_shapes: dict = field(default_factory=dict)
+
+    @property
+    def total_params(self) -> int:
+        return sum(self.param_numel.values())
+
+
+class _UseTracker(TorchFunctionMode):
+    """Records, for every use of a tracked tensor, the innermost module running."""
+
+    def __init__(self, tracked: dict[int, str], stack: list[nn.Module]):
+        super().__init__()
+        self.tracked = tracked
+        self.stack = stack
+        self.uses: dict[str, set[int]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for a in tree_leaves((args, kwargs)):
+            if isinstance(a, torch.Tensor) and id(a) in self.tracked:
+                owner = id(self.stack[-1]) if self.stack else 0
+                self.uses.setdefault(self.tracked[id(a)], set()).add(owner)
+        return func(*args, **kwargs)
+
+
+class _ByteCounter(TorchDispatchMode):
+    """Sums the bytes of every newly allocated operator output (views are not counted)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        seen = {
+            t.untyped_storage().data_ptr()
+            for t in tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor)
+        }
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                self.bytes += t.numel() * t.element_size()
+        return out
+
+
+def _owners(module: nn.Module) -> dict[str, set[tuple[int, str]]]:
+    """Canonical parameter name -> every (module id, local name) registering it."""
+    canonical = {id(p): name for name, p in module.named_parameters()}
+    owners: dict[str, set[tuple[int, str]]] = {}
+    for _, sub in module.named_modules(remove_duplicate=False):
+        for local, p in sub._parameters.items():
+            if p is not None and id(p) in canonical:
+                owners.setdefault(canonical[id(p)], set()).add((id(sub), local))
+    return owners
+
+
+def profile(fm: FunctionalModel, x: torch.Tensor, use_rules: bool = True) -> ModelProfile:
+    """Analyse one sample's forward pass: output size, cost, and which rules apply.
+
+    Args:
+        fm: The functional model.
+        x: One input ``(1, *in_shape)``.
+        use_rules: Whether to look for structured rules (else everything is generic).
+
+    Returns:
+        A :class:`ModelProfile`.
+    """
+    param_numel = {n: p.numel() for n, p in fm.params.items()}
+    module = fm.module
+    candidates: dict[str, tuple[nn.Module, str]] = {}
+    modules: dict[int, nn.Module] = {}
+    if module is not None and use_rules:
+        modules = {id(m): m for m in module.modules()}
+        for name, own in _owners(module).items():
+            if name not in fm.params or len(own) != 1:
+                continue
+            ((mid, local),) = own
+            found = find_rule(modules[mid])
+            if found is not None and local in found[1]:
+                candidates[name] = (modules[mid], local)
+    rule_modules = {id(m): m for m, _ in candidates.values()}
+    stack: list[nn.Module] = []
+    calls: list[_Call] = []
+    bad_modules: set[int] = set()
+    handles = []
+
+    def pre(mod, args):
+        stack.append(mod)
+
+    def post(mod, args, kwargs, out):
+        stack.pop()
+        if id(mod) in rule_modules:
+            x_in = args[0] if args else next(iter(kwargs.values()), None)
+            if not isinstance(out, torch.Tensor) or not isinstance(x_in, torch.Tensor):
+                bad_modules.add(id(mod))
+            else:
+                calls.append(_Call(mod, tuple(out.shape), x_in.detach(), out.detach()))
+
+    if module is not None:
+        for m in modules.values():
+            handles.append(m.register_forward_pre_hook(pre))
+            handles.append(m.register_forward_hook(post, with_kwargs=True, always_call=True))
+    tracked = {id(t): n for n, t in fm.params.items()}
+    tracker = _UseTracker(tracked, stack)
+    counter = _ByteCounter()
+    flops = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), flops, counter, tracker:
+            out = fm.fn(fm.params, x)
+    finally:
+        for h in handles:
+            h.remove()
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(
+            f"the model must return one tensor (n, *out_shape); got {type(out).__name__}."
+        )
+    if out.shape[:1] != x.shape[:1]:
+        raise ValueError(
+            f"the model's output must keep the batch axis first: input {tuple(x.shape)} "
+            f"gave output {tuple(out.shape)}."
+        )
+    covered = {}
+    for name, (mod, local) in candidates.items():
+        uses = tracker.uses.get(name, set())
+        if id(mod) not in bad_modules and uses <= {id(mod)}:
+            covered[name] = (mod, local)
+    covered_modules = {id(m) for m, _ in covered.values()}
+    calls = [c for c in calls if id(c.module) in covered_modules]
+    prof = ModelProfile(
+        fm=fm,
+        out_numel=out[0].numel(),
+        flops=float(flops.get_total_flops()),
+        act_bytes=float(counter.bytes),
+        param_numel=param_numel,
+        covered=covered,
+        generic=[n for n in fm.params if n not in covered],
+        calls=calls,
+    )
+    prof.factor_shapes, prof.fused_shapes = _factor_shapes(prof)
+    for c in calls:
+        c.x = c.out = None
+    return prof
+
+
+def _shape_of(f: Factor) -> tuple:
+    if isinstance(f, Dense):
+        return ("dense", f.j.shape[-1])
+    return ("kron", f.g.shape[2], f.g.shape[3], f.width_in)
+
+
+def _merge_shapes(prev: tuple | None, s: tuple) -> tuple:
+    if prev is None:
+        return s
+    if prev[0] == "kron" and s[0] == "kron" and prev[2:] == s[2:]:
+        return ("kron", prev[1] + s[1], s[2], s[3])
+    d = prev[1] if prev[0] == "dense" else prev[2] * prev[3]
+    return ("dense", d)
+
+
+def _factor_shapes(prof: ModelProfile) -> tuple[dict[str, tuple], dict]:
+    """Run every rule on the recorded one-sample calls with one zero direction.
+
+    Returns:
+        ``(per-parameter shapes, fused shapes)``: ``("dense", D)`` or ``("kron", P, A, B)``.
+    """
+    shapes: dict[str, tuple] = {}
+    fused: dict = {}
+    by_module = _locals_by_module(prof)
+    for call in prof.calls:
+        rule, _ = find_rule(call.module)
+        locals_ = by_module[id(call.module)]
+        g = torch.zeros((1, 1, *call.out_shape), dtype=call.out.dtype, device=call.out.device)
+        got = rule(call.module, call.x.unsqueeze(0), g, tuple(locals_))
+        missing = [loc for loc in locals_ if loc not in got]
+        if missing:
+            raise ValueError(
+                f"the structured rule for {type(call.module).__name__} returned no factor "
+                f"for {missing}; it must return every requested name."
+            )
+        named = {name: got[local] for local, name in locals_.items()}
+        for name, f in named.items():
+            shapes[name] = _merge_shapes(shapes.get(name), _shape_of(f))
+        for key, f in _fuse(named).items():
+            fused[key] = _merge_shapes(fused.get(key), _shape_of(f))
+    return shapes, fused
+
+
+def _locals_by_module(prof: ModelProfile) -> dict[int, dict[str, str]]:
+    out: dict[int, dict[str, str]] = {}
+    for name, (mod, local) in prof.covered.items():
+        out.setdefault(id(mod), {})[local] = name
+    return out
+
+
+class _ProbeState:
+    def __init__(self):
+        self.active = False
+        self.probes: list[torch.Tensor] = []
+        self.inputs: list[torch.Tensor] = []
+        self.k = 0
+
+
+class StructuredFeaturizer:
+    """Per-parameter factors of a chunk of inputs for a block of output directions.
+
+    Args:
+        prof: The model's :class:`ModelProfile`.
+        fuse: Merge factors that share a cotangent (a layer's weight and bias) into one,
+            which halves the cotangent Gram work; keys are then tuples of names.
+    """
+
+    def __init__(self, prof: ModelProfile, fuse: bool = True):
+        self.prof = prof
+        self.fuse = fuse
+        self.by_module = _locals_by_module(prof)
+
+    def __call__(self, x: torch.Tensor, directions: torch.Tensor) -> dict:
+        """Factors of ``x: (c, *in_shape)`` for ``directions: (K, O)``.
+
+        Returns:
+            ``key -> factor`` with ``key`` a parameter name (or a tuple of names when fused).
+        """
+        prof, fm = self.prof, self.prof.fm
+        covered_vals = {n: fm.params[n] for n in prof.covered}
+        generic = {n: fm.params[n] for n in prof.generic}
+        probes = [
+            torch.zeros(c.out_shape, dtype=directions.dtype, device=directions.device)
+            for c in prof.calls
+        ]
+        state = _ProbeState()
+        calls = prof.calls
+
+        def hook(mod, args, kwargs, out):
+            if not state.active:
+                return None
+            k = state.k
+            if k >= len(calls) or calls[k].module is not mod:
+                raise RuntimeError(
+                    "the model's sequence of module calls differs between passes "
+                    "(data-dependent control flow); use implementation='jacobian'."
+                )
+            state.k += 1
+            state.inputs.append(args[0] if args else next(iter(kwargs.values())))
+            return out + state.probes[k]
+
+        def single(pr, gp, xi):
+            state.active, state.probes, state.inputs, state.k = True, pr, [], 0
+            try:
+                out = fm.fn({**covered_vals, **gp}, xi.unsqueeze(0))
+            finally:
+                state.active = False
+            if state.k != len(calls):
+                raise RuntimeError(
+                    "the model's sequence of module calls differs between passes "
+                    "(data-dependent control flow); use implementation='jacobian'."
+                )
+            return out.reshape(-1), list(state.inputs)
+
+        def per_sample(xi):
+            _, pullback, inputs = vjp(
+                lambda pr, gp: single(pr, gp, xi), probes, generic, has_aux=True
+            )
+            g_probes, g_generic = vmap(pullback)(directions)
+            return g_probes, g_generic, inputs
+
+        handles = [
+            m.register_forward_hook(hook, with_kwargs=True)
+            for m in {id(c.module): c.module for c in calls}.values()
+        ]
+        try:
+            g_probes, g_generic, inputs = vmap(per_sample)(x)
+        finally:
+            for h in handles:
+                h.remove()
+
+        feats: dict = {}
+        per_call: list[dict] = []
+        for call, xk, gk in zip(calls, inputs, g_probes):
+            rule, _ = find_rule(call.module)
+            locals_ = self.by_module[id(call.module)]
+            got = rule(call.module, xk, gk, tuple(locals_))
+            per_call.append({locals_[loc]: f for loc, f in got.items() if loc in locals_})
+        if self.fuse:
+            per_call = [_fuse(d) for d in per_call]
+        for d in per_call:
+            for key, f in d.items():
+                feats.setdefault(key, []).append(f)
+        out = {key: _combine(fs) for key, fs in feats.items()}
+        for name, j in g_generic.items():
+            out[name] = Dense(j.reshape(j.shape[0], j.shape[1], -1))
+        return out
+
+
+def _fuse(d: dict) -> dict:
+    """Merge Kron factors of one call that share their cotangent tensor."""
+    groups: dict[int, list[str]] = {}
+    for key, f in d.items():
+        if isinstance(f, Kron) and isinstance(f.x, torch.Tensor):
+            groups.setdefault(id(f.g), []).append(key)
+    out = dict(d)
+    for keys in groups.values():
+        if len(keys) < 2:
+            continue
+        fs = [out.pop(k) for k in keys]
+        out[tuple(keys)] = Kron(fs[0].g, torch.cat([f.x for f in fs], -1))
+    return out
+
+
+def _combine(fs: list[Factor]) -> Factor:
+    """One factor for a parameter used in several calls (its Jacobians add up)."""
+    if len(fs) == 1:
+        return fs[0]
+    if all(isinstance(f, Kron) for f in fs):
+        if all(isinstance(f.x, torch.Tensor) for f in fs):
+            return Kron(torch.cat([f.g for f in fs], 2), torch.cat([f.x for f in fs], 1))
+        if all(isinstance(f.x, OneHot) for f in fs):
+            masks = [
+                f.x.mask if f.x.mask is not None else torch.ones_like(f.x.idx, dtype=f.g.dtype)
+                for f in fs
+            ]
+            return Kron(
+                torch.cat([f.g for f in fs], 2),
+                OneHot(torch.cat([f.x.idx for f in fs], 1), fs[0].x.size, torch.cat(masks, 1)),
+            )
+    return Dense(sum(materialize(f).j for f in fs))
+
+
+def feature_bytes(prof: ModelProfile, k: int, itemsize: int) -> tuple[float, float]:
+    """Per-sample memory of structured features: ``(fixed, per_direction)`` bytes."""
+    fixed = per_dir = 0.0
+    for c in prof.calls:
+        per_dir += math.prod(c.out_shape)
+    for name in prof.generic:
+        per_dir += prof.param_numel[name]
+    for s in prof.factor_shapes.values():
+        if s[0] == "kron":
+            fixed += s[1] * s[3]
+            per_dir += s[1] * s[2]
+        else:
+            per_dir += s[1]
+    per_dir_bytes = per_dir * itemsize + prof.act_bytes
+    return fixed * itemsize + prof.act_bytes, per_dir_bytes

@@ -1,0 +1,135 @@
+"""Every implementation and mode against a brute-force autograd loop, on a zoo of models."""
+
+import functools
+
+import pytest
+import torch
+from empirical_zoo import ZOO, brute_ntk, make
+
+import ntkit as nk
+
+IMPLS = ["jacobian", "ntvp", "structured", "auto"]
+MODES = ["full", "trace", "diagonal", "sum_logits", "logit"]
+
+
+def _call(model, *args, **kw):
+    if isinstance(model, tuple):
+        f, params = model
+        return nk.empirical_ntk(f, *args, params=params, **kw)
+    return nk.empirical_ntk(model, *args, **kw)
+
+
+@functools.cache
+def _case(name, dtype=torch.float64):
+    model, x1, x2 = make(name, dtype)
+    return model, x1, x2, brute_ntk(model, x1, x2), brute_ntk(model, x1)
+
+
+def _expected(mode, full, full_sym):
+    o = full.shape[-1]
+    if mode == "full":
+        return full
+    if mode == "trace":
+        return full.diagonal(dim1=2, dim2=3).sum(-1)
+    if mode == "sum_logits":
+        return full.sum((2, 3)) / o
+    if mode == "logit":
+        return full[:, :, o - 1, o - 1]
+    return full_sym.diagonal(dim1=0, dim2=1).permute(2, 0, 1)
+
+
+def _rel(a, b):
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", ZOO)
+def test_every_mode_matches_brute_force(name, impl):
+    model, x1, x2, full, full_sym = _case(name)
+    o = full.shape[-1]
+    for mode in MODES:
+        kw = {"logit": o - 1} if mode == "logit" else {}
+        other = None if mode == "diagonal" else x2
+        got = _call(model, x1, other, mode=mode, implementation=impl, **kw)
+        want = _expected(mode, full, full_sym)
+        assert got.shape == want.shape, (mode, got.shape, want.shape)
+        assert got.dtype == torch.float64
+        assert _rel(got, want) < 1e-12, (name, impl, mode)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", ["mlp", "cnn", "attention", "multiout"])
+def test_symmetric_call_matches_brute_force(name, impl):
+    model, x1, _, _, full_sym = _case(name)
+    got = _call(model, x1, mode="full", implementation=impl)
+    assert _rel(got, full_sym) < 1e-12
+    # exact symmetry Theta(x_i, x_j)_ab = Theta(x_j, x_i)_ba
+    assert torch.equal(got, got.permute(1, 0, 3, 2)) or _rel(got, got.permute(1, 0, 3, 2)) < 1e-14
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", ["mlp", "cnn", "resblock", "attention", "tied", "multiout"])
+def test_float32(name, impl):
+    model, x1, x2 = make(name, torch.float32)
+    want = _case(name)[3]
+    got = _call(model, x1, x2, mode="full", implementation=impl)
+    assert got.dtype == torch.float32
+    assert _rel(got.double(), want) < 1e-4
+    got_t = _call(model, x1, x2, mode="trace", implementation=impl)
+    assert _rel(got_t.double(), want.diagonal(dim1=2, dim2=3).sum(-1)) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["cnn", "attention", "tied_embedding", "multiout"])
+def test_mode_identities_within_each_implementation(name):
+    """sum_logits = (1/O) * sum of all O x O blocks of full; trace = block trace."""
+    model, x1, x2, _, _ = _case(name)
+    for impl in ["jacobian", "ntvp", "structured"]:
+        full = _call(model, x1, x2, mode="full", implementation=impl)
+        o = full.shape[-1]
+        sl = _call(model, x1, x2, mode="sum_logits", implementation=impl)
+        tr = _call(model, x1, x2, mode="trace", implementation=impl)
+        assert _rel(sl, full.sum((2, 3)) / o) < 1e-12
+        assert _rel(tr, torch.einsum("ijaa->ij", full)) < 1e-12
+
+
+@pytest.mark.parametrize("impl", ["jacobian", "ntvp", "structured"])
+@pytest.mark.parametrize("name", ["cnn", "attention", "tied", "tied_embedding"])
+def test_per_parameter_matches_brute_force(name, impl):
+    model, x1, x2, _, _ = _case(name)
+    parts = nk.empirical_ntk(model, x1, x2, mode="trace", implementation=impl, per_parameter=True)
+    names = [n for n, _ in model.named_parameters()]
+    assert list(parts) == names
+    total = 0
+    for n in names:
+        want = brute_ntk(model, x1, x2, params=[n]).diagonal(dim1=2, dim2=3).sum(-1)
+        assert _rel(parts[n], want) < 1e-12, n
+        total = total + parts[n]
+    assert _rel(total, _call(model, x1, x2, mode="trace", implementation="jacobian")) < 1e-12
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_parameter_subset(impl):
+    model, x1, x2, _, _ = _case("attention")
+    subset = ["attn.out_proj.weight", "ln2.weight", "out.weight", "out.bias"]
+    want = brute_ntk(model, x1, x2, params=subset)
+    got = nk.empirical_ntk(model, x1, x2, mode="full", implementation=impl, params=subset)
+    assert _rel(got, want) < 1e-12
+
+
+def test_all_pairs_of_implementations_agree_on_a_larger_cnn():
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AvgPool2d(2),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 16, 4),
+    )
+    x1, x2 = torch.randn(9, 3, 8, 8), torch.randn(7, 3, 8, 8)
+    for mode in ["full", "trace", "sum_logits"]:
+        got = {i: nk.empirical_ntk(model, x1, x2, mode=mode, implementation=i) for i in IMPLS}
+        for a in IMPLS:
+            for b in IMPLS:
+                assert _rel(got[a].double(), got[b].double()) < 1e-5, (mode, a, b)
