@@ -154,3 +154,22 @@ def test_cg_on_gpu_matches_cpu():
     gpu = conjugate_gradient(op, y.cuda(), ridge=1e-3)
     assert gpu.solution.device.type == "cuda"
     torch.testing.assert_close(gpu.solution.cpu(), cpu.solution, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_cg_on_the_matrix_free_empirical_ntk_equals_full_kernel_regression():
+    import ntkit as nk
+    from ntkit.predict.solvers import empirical_ntk_operator
+
+    net = L.serial(L.Dense(24, 1.5, 0.1), L.Erf(), L.Dense(2, 1.5, 0.1))
+    model = net.module((3,), seed=3, dtype=torch.float64)
+    x, xs, y = randn(30, 3, seed=15), randn(5, 3, seed=16), randn(30, 2, seed=17)
+    ridge = 0.05
+    op = empirical_ntk_operator(model, x)
+    assert op.shape == (60, 60)
+    res = conjugate_gradient(op, y.reshape(-1), ridge=ridge, rank=20, tol=1e-11, max_iter=500)
+    assert res.converged
+    pred = nk.ntk_vp(model, xs, x, res.solution.reshape(30, 2))
+    k = nk.empirical_ntk(model, x, mode="full")
+    kt = nk.empirical_ntk(model, xs, x, mode="full")
+    torch.testing.assert_close(pred, kernel_regression(k, y, kt, ridge=ridge), atol=1e-8, rtol=1e-8)

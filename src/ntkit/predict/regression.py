@@ -15,7 +15,9 @@ def solve_psd(k: torch.Tensor, y: torch.Tensor, *, ridge: float = 0.0) -> torch.
 
     With ``ridge > 0`` a Cholesky solve is tried first. Without ridge (or if Cholesky fails)
     the minimum-norm solution comes from an eigendecomposition, discarding eigenvalues below
-    ``n * eps * lambda_max`` (a stable pseudo-inverse, finite for singular kernels).
+    ``n * eps * lambda_max`` (a stable pseudo-inverse, finite for singular kernels; negative
+    eigenvalues of a matrix that is not PSD are discarded too). On the CPU the Cholesky
+    factor overwrites one copy of ``k + ridge I`` (peak: one extra ``n x n`` matrix).
 
     Args:
         k: ``(n, n)`` symmetric PSD matrix.

@@ -7,8 +7,9 @@ gradients, touching ``K`` only through block products ``K @ V``. Operators:
 - :class:`BlockKernelOperator` / :func:`kernel_operator`: a kernel recomputed block of rows
   by block of rows at every product from a kernel function (``net.kernel`` of an ntkit
   description, or any ``fn(x1, x2)``), never stored: memory ``O(block_size * n)``;
-- :class:`FunctionOperator`: any function ``V -> K V`` (e.g. an empirical NTK-vector
-  product).
+- :class:`FunctionOperator`: any function ``V -> K V``;
+  :func:`empirical_ntk_operator` wraps :func:`ntkit.ntk_vp`, the empirical NTK of a model
+  without forming its Jacobian or kernel.
 
 Why a hand-written CG next to ``scipy.sparse.linalg.cg`` (``method="scipy"`` uses scipy):
 scipy solves one right-hand side at a time on the CPU, so ``m`` targets cost ``m`` kernel
@@ -36,6 +37,7 @@ __all__ = [
     "FunctionOperator",
     "KernelOperator",
     "conjugate_gradient",
+    "empirical_ntk_operator",
     "jacobi_preconditioner",
     "kernel_operator",
     "nystrom_preconditioner",
@@ -242,6 +244,45 @@ def kernel_operator(
     else:
         raise TypeError(f"net must be an ntkit layer or a kernel function; got {type(net)}.")
     return BlockKernelOperator(fn, x1, x2, block_size=block_size, dtype=dtype)
+
+
+def empirical_ntk_operator(
+    model, x, *, params=None, max_memory: int | None = None
+) -> FunctionOperator:
+    """The full empirical NTK ``Theta(x, x)`` of a model as a matrix-free operator.
+
+    Products go through :func:`ntkit.ntk_vp` (one vector-Jacobian and one Jacobian-vector
+    product per block of vectors); neither the Jacobian nor the kernel is formed. Rows are
+    ordered ``i * O + a`` (example ``i``, output ``a``), the layout of the full
+    ``(n, n, O, O)`` kernels in :mod:`ntkit.predict`: solve with targets ``y.reshape(-1)``
+    and reshape the solution to ``(n, O)``.
+
+    Args:
+        model: A ``torch.nn.Module`` or ``f(params, x)``.
+        x: ``(n, *in_shape)`` inputs.
+        params: Parameters to differentiate in (as in :func:`ntkit.empirical_ntk`).
+        max_memory: Memory budget of each product.
+
+    Returns:
+        A square :class:`FunctionOperator` of side ``n * O`` (no diagonal: use the Nyström
+        preconditioner or none).
+    """
+    from ntkit.empirical import ntk_vp
+
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(
+            f"empirical_ntk_operator needs a torch.nn.Module; got {type(model).__name__}."
+        )
+    with torch.no_grad():
+        n_out = int(model(x[:1]).reshape(1, -1).shape[1])
+    n = int(x.shape[0])
+    dtype = next(model.parameters()).dtype
+
+    def product(v: torch.Tensor) -> torch.Tensor:
+        out = ntk_vp(model, x, None, v.reshape(n, n_out, -1), params=params, max_memory=max_memory)
+        return out.reshape(n * n_out, -1)
+
+    return FunctionOperator(product, n * n_out, dtype=dtype, device=x.device)
 
 
 def _as_operator(operator) -> KernelOperator:
