@@ -229,3 +229,21 @@ def test_discrete_needs_integer_steps():
     k, _, y = _bad_calls()
     with pytest.raises(ValueError, match="integer step"):
         gradient_descent_mse(k, y, learning_rate=0.1, discrete=True)(2.5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_predictors_run_on_gpu_and_match_cpu():
+    from ntkit.predict import gp_posterior, gradient_descent
+
+    k, kt, kss, y = kernel_problem(seed=20)
+    times = [0.0, 2.0, math.inf]
+    cpu = gradient_descent_mse(k, y, learning_rate=0.1)(times, k_test_train=kt)
+    gpu = gradient_descent_mse(k.cuda(), y.cuda(), learning_rate=0.1)(times, k_test_train=kt.cuda())
+    assert gpu.train.device.type == "cuda"
+    torch.testing.assert_close(gpu.test.cpu(), cpu.test, atol=1e-9, rtol=1e-9)
+    post = gp_posterior(k.cuda(), y.cuda(), kt.cuda(), kss.cuda(), noise=0.01)
+    ref = gp_posterior(k, y, kt, kss, noise=0.01)
+    torch.testing.assert_close(post.cov.cpu(), ref.cov, atol=1e-9, rtol=1e-9)
+    ode = gradient_descent("cross_entropy", k.cuda(), y.softmax(1).cuda())(1.0)
+    assert ode.train.device.type == "cuda" and torch.isfinite(ode.train).all()
