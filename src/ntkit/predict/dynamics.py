@@ -128,7 +128,8 @@ class MSEPredictor:
     """Outputs of gradient descent on the squared loss at any time (see the module docs).
 
     Built by :func:`gradient_descent_mse`; holds one eigendecomposition of the training
-    kernel, shared by every call.
+    kernel, shared by every call. The loss convention (``(1/2) sum`` or ``(1/2) mean`` of
+    squared errors) is the one given to :func:`gradient_descent_mse` (``reduction``).
 
     Call it as ``predictor(t, fx_train_0=0.0, fx_test_0=0.0, k_test_train=None)``:
 

@@ -69,7 +69,8 @@ def _pick(k: Kernel, name: str, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
 class EnsemblePredictor:
     """Mean/covariance of the trained infinite ensemble (see the module docs).
 
-    Built by :func:`gradient_descent_mse_ensemble`.
+    Built by :func:`gradient_descent_mse_ensemble`, whose ``reduction`` fixes the loss
+    convention (``(1/2) sum`` or ``(1/2) mean`` of squared errors).
 
     Call it as ``predictor(t, x_test=None, *, cov="full")``:
 

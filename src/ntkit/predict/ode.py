@@ -50,7 +50,9 @@ class ODEPredictor:
     Built by :func:`gradient_descent`. Call it as
     ``predictor(t, fx_train_0=0.0, fx_test_0=0.0, k_test_train=None)`` with finite times
     ``t >= 0`` (a number or a 1-D list/tensor); each call integrates the ODE once up to
-    ``max(t)`` (on the CPU, in float64) and returns a :class:`Prediction`.
+    ``max(t)`` (on the CPU, in float64) and returns a :class:`Prediction`. The loss and its
+    convention (``(1/2) sum`` / ``(1/2) mean`` for MSE, sum / mean over examples for
+    cross-entropy) are those given to :func:`gradient_descent`.
 
     Attributes:
         last_solution: The ``scipy`` ``OdeResult`` of the latest call (``nfev``, ``status``...).

@@ -19,6 +19,9 @@ def solve_psd(k: torch.Tensor, y: torch.Tensor, *, ridge: float = 0.0) -> torch.
     eigenvalues of a matrix that is not PSD are discarded too). On the CPU the Cholesky
     factor overwrites one copy of ``k + ridge I`` (peak: one extra ``n x n`` matrix).
 
+    No loss convention enters: this is linear algebra (kernel regression under either
+    ``(1/2) sum`` or ``(1/2) mean`` of squared errors has the same minimizer).
+
     Args:
         k: ``(n, n)`` symmetric PSD matrix.
         y: ``(n, m)`` right-hand sides.
