@@ -247,3 +247,24 @@ def test_predictors_run_on_gpu_and_match_cpu():
     torch.testing.assert_close(post.cov.cpu(), ref.cov, atol=1e-9, rtol=1e-9)
     ode = gradient_descent("cross_entropy", k.cuda(), y.softmax(1).cuda())(1.0)
     assert ode.train.device.type == "cuda" and torch.isfinite(ode.train).all()
+
+
+def test_nearly_duplicated_inputs_behave_like_exact_duplicates():
+    """cond(K) ~ 1e17: the tiny eigenvalue falls in the numerical null space, no blow-up."""
+    x = randn(5, 3, seed=21)
+    xs = randn(2, 3, seed=22)
+    near = torch.cat([x, x[:1] + 1e-9])
+    exact = torch.cat([x, x[:1]])
+    y = torch.tensor([1.0, 0.0, 2.0, -1.0, 0.5, 3.0], dtype=torch.float64)
+
+    def k(a, b):
+        return torch.exp(-torch.cdist(a, b) ** 2)
+
+    outs = [
+        gradient_descent_mse(k(z, z), y, learning_rate=0.3)(math.inf, k_test_train=k(xs, z))
+        for z in (near, exact)
+    ]
+    for out in outs:
+        assert torch.isfinite(out.train).all() and torch.isfinite(out.test).all()
+    torch.testing.assert_close(outs[0].test, outs[1].test, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(outs[0].train[[0, 5]], torch.full((2,), 2.0, dtype=torch.float64))
