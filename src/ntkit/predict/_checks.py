@@ -60,7 +60,10 @@ def symmetric_eigh(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Returns:
         ``(evals, evecs)``: ``(N,)`` ascending, clamped ``>= 0``, and ``(N, N)``.
     """
-    evals, evecs = torch.linalg.eigh((k + k.mT) / 2)
+    sym = k + k.mT  # one temporary; eigh returns the eigenvectors in a new matrix
+    sym.mul_(0.5)
+    evals, evecs = torch.linalg.eigh(sym)
+    del sym
     evals = torch.where(evals > null_cutoff(evals), evals, torch.zeros_like(evals))
     return evals, evecs
 
