@@ -258,7 +258,7 @@ def test_nearly_duplicated_inputs_behave_like_exact_duplicates():
     y = torch.tensor([1.0, 0.0, 2.0, -1.0, 0.5, 3.0], dtype=torch.float64)
 
     def k(a, b):
-        return torch.exp(-torch.cdist(a, b) ** 2)
+        return torch.exp(-(torch.cdist(a, b) ** 2))
 
     outs = [
         gradient_descent_mse(k(z, z), y, learning_rate=0.3)(math.inf, k_test_train=k(xs, z))

@@ -40,3 +40,16 @@ def test_solve_psd_shape_errors():
         solve_psd(torch.ones(3, 2), torch.ones(3, 1))
     with pytest.raises(ValueError, match=r"y must be \(n, m\)"):
         solve_psd(torch.eye(3), torch.ones(3))
+
+
+def test_finite_check_has_no_false_alarm_on_overflowing_sums():
+    from ntkit.predict import kernel_regression
+
+    k = torch.full((3, 3), 1e308, dtype=torch.float64) + torch.diag(torch.ones(3))  # sum = inf
+    y = torch.ones(3, dtype=torch.float64)
+    out = kernel_regression(k, y, k[:1], ridge=1.0)
+    assert torch.isfinite(out).all()
+    bad = torch.eye(3, dtype=torch.float64)
+    bad[1, 2] = torch.nan
+    with pytest.raises(ValueError, match=r"1 NaN .* first at index \(1, 2\)"):
+        kernel_regression(bad, y, k[:1])

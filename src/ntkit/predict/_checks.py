@@ -43,8 +43,18 @@ def as_float_tensor(x, name: str, *, dtype: torch.dtype | None = None, device=No
     if dtype is None:
         dtype = x.dtype if x.is_floating_point() else torch.float64
     x = x.to(dtype=dtype, device=device)
-    check_finite(x, name)
+    check_finite_fast(x, name)
     return x
+
+
+def check_finite_fast(x: torch.Tensor, name: str) -> None:
+    """:func:`ntkit._validation.check_finite` without an ``x``-sized temporary when finite.
+
+    The sum of ``x`` is finite iff every entry is (barring overflow, which the exact check
+    then clears); only a non-finite sum runs the exact, entry-naming check.
+    """
+    if x.numel() and not bool(torch.isfinite(x.sum())):
+        check_finite(x, name)
 
 
 def null_cutoff(evals: torch.Tensor) -> torch.Tensor:
