@@ -41,17 +41,22 @@ _recorder: list[list[tuple[float, int]]] = []
 def record_footprint(layer: Layer, k) -> None:
     """During a probe run, record (working entries, kernel entries) per pair of ``k``.
 
-    Working entries are ``layer.memory_factor`` x the entries per pair of the input kernel.
+    Working entries come from ``layer.working_entries(k)`` (by default ``memory_factor``
+    x the entries per pair of the input kernel).
     """
     if not _recorder:
         return
     kernels = k if isinstance(k, list) else [k]
-    entries = sum(_entries_per_pair(ki) for ki in kernels)
-    _recorder[-1].append((layer.memory_factor * entries, entries))
+    entries = sum(entries_per_pair(ki) for ki in kernels)
+    _recorder[-1].append((float(layer.working_entries(k)), entries))
 
 
-def _entries_per_pair(k: Kernel) -> int:
+def entries_per_pair(k: Kernel) -> int:
+    """Entries of ``k.nngp`` per ``(x1, x2)`` pair (the product of its spatial axes)."""
     return math.prod(k.nngp.shape[2:])
+
+
+_entries_per_pair = entries_per_pair
 
 
 @contextlib.contextmanager
