@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -35,7 +36,7 @@ CUDA_TILE_ENTRIES = 2**26
 #: Rows per block of the input covariance (one matrix product per block).
 BLOCK_ROWS = 256
 
-_recorder: list[list[tuple[float, int]]] = []
+_recorder: list[list[tuple[float, int, str]]] = []
 
 
 def record_footprint(layer: Layer, k) -> None:
@@ -48,7 +49,7 @@ def record_footprint(layer: Layer, k) -> None:
         return
     kernels = k if isinstance(k, list) else [k]
     entries = sum(entries_per_pair(ki) for ki in kernels)
-    _recorder[-1].append((float(layer.working_entries(k)), entries))
+    _recorder[-1].append((float(layer.working_entries(k)), entries, repr(layer)))
 
 
 def entries_per_pair(k: Kernel) -> int:
@@ -60,7 +61,7 @@ _entries_per_pair = entries_per_pair
 
 
 @contextlib.contextmanager
-def _recording() -> Iterator[list[tuple[float, int]]]:
+def _recording() -> Iterator[list[tuple[float, int, str]]]:
     _recorder.append([])
     try:
         yield _recorder[-1]
@@ -167,15 +168,18 @@ def compute_kernel(
         diagonal_spatial = all(diagonal_spatial)
     diagonal_spatial = bool(diagonal_spatial) and x1.ndim > 2
 
-    var1 = input_variances(x1, diagonal_spatial)
-    var2 = var1 if symmetric else input_variances(x2, diagonal_spatial)
+    n1, n2 = x1.shape[0], x2.shape[0]
+    device = x1.device
+    itemsize = torch.finfo(dtype).bits // 8
+    budget = default_max_memory(device) if max_memory is None else int(max_memory)
+    _check_one_pair_fits(x1, diagonal_spatial, want_ntk, itemsize, budget)
 
     # Probe one pair: validates the description and records working memory per pair.
     with _recording() as footprints:
         probe_in = _input_kernel(
             input_covariance(x1[:1], x2[:1], diagonal_spatial),
-            var1[:1],
-            var2[:1],
+            input_variances(x1[:1], diagonal_spatial),
+            input_variances(x2[:1], diagonal_spatial),
             in_shape,
             diagonal_spatial,
             want_ntk,
@@ -186,39 +190,21 @@ def compute_kernel(
     if isinstance(probe, list):
         raise LayerSpecError("the network ends with several streams; close them with a FanIn.")
 
-    n1, n2 = x1.shape[0], x2.shape[0]
-    itemsize = torch.finfo(dtype).bits // 8
-    out_entries = _entries_per_pair(probe)
-    n_out = 2 if want_ntk else 1
-    result_bytes = n1 * n2 * out_entries * itemsize * n_out
-    pair_bytes = max([w for w, _ in footprints] + [1.0]) * itemsize
-    device = x1.device
-    budget = default_max_memory(device) if max_memory is None else int(max_memory)
-    working = budget - result_bytes
-    if working < pair_bytes:
-        raise ValueError(
-            f"max_memory={format_bytes(budget)} cannot hold this kernel: the result needs "
-            f"{format_bytes(result_bytes)} ({n1} x {n2} pairs x {out_entries} entries x "
-            f"{n_out} kernel(s) x {itemsize} bytes) and one pair of inputs needs "
-            f"{format_bytes(pair_bytes)} of working memory, so at least "
-            f"{format_bytes(result_bytes + pair_bytes)} is required. Raise max_memory, "
-            "use get='nngp', float32, or split x1/x2 into batches."
-        )
-    max_pairs = max(1, int(working // pair_bytes))
-    target = CUDA_TILE_ENTRIES if device.type == "cuda" else CPU_TILE_ENTRIES
-    entries_in = _entries_per_pair(probe_in)
-    widest = max([entries_in, out_entries] + [e for _, e in footprints])  # entries per pair
-    tile_pairs = max(1, min(max_pairs, int(target // widest)))
-    tile_cols = min(n2, tile_pairs)
-    tile_rows = max(1, min(n1, tile_pairs // tile_cols))
-    block_rows = tile_rows * max(1, BLOCK_ROWS // tile_rows)
-    # the input covariance block must fit next to the working tiles
-    max_block_rows = max(
-        tile_rows, int((working // 2) // max(1, tile_cols * entries_in * itemsize))
+    plan = _plan(
+        n1,
+        n2,
+        symmetric=symmetric,
+        entries_in=_entries_per_pair(probe_in),
+        entries_out=_entries_per_pair(probe),
+        cov_entries_in=math.prod(probe_in.cov1.shape[1:]),
+        cov_entries_out=math.prod(probe.cov1.shape[1:]),
+        footprints=footprints,
+        n_kernels=2 if want_ntk else 1,
+        itemsize=itemsize,
+        budget=budget,
+        target=CUDA_TILE_ENTRIES if device.type == "cuda" else CPU_TILE_ENTRIES,
     )
-    block_rows = min(block_rows, max_block_rows, n1)
-    if symmetric:  # the block's same-batch square must lie inside one column chunk
-        block_rows = min(block_rows, tile_cols)
+    tile_rows, tile_cols, block_rows = plan.tile_rows, plan.tile_cols, plan.block_rows
 
     out_nngp = torch.empty((n1, n2, *probe.nngp.shape[2:]), dtype=dtype, device=device)
     out_ntk = torch.empty_like(out_nngp) if want_ntk else None
@@ -230,19 +216,23 @@ def compute_kernel(
 
     for i0 in range(0, n1, block_rows):
         i1 = min(n1, i0 + block_rows)
+        var_rows = input_variances(x1[i0:i1], diagonal_spatial)
         for j0 in range(i0 if symmetric else 0, n2, tile_cols):
             j1 = min(n2, j0 + tile_cols)
             block = input_covariance(x1[i0:i1], x2[j0:j1], diagonal_spatial)
             if symmetric and j0 == i0:
+                var_cols = torch.cat([var_rows, input_variances(x2[i1:j1], diagonal_spatial)])
                 _fix_diagonal_square(
-                    block, var1[i0:i1], n_sp_in=x1.ndim - 2, diagonal_spatial=diagonal_spatial
+                    block, var_rows, n_sp_in=x1.ndim - 2, diagonal_spatial=diagonal_spatial
                 )
+            else:
+                var_cols = input_variances(x2[j0:j1], diagonal_spatial)
             for a0 in range(i0, i1, tile_rows):
                 a1 = min(i1, a0 + tile_rows)
                 k_in = _input_kernel(
                     block[a0 - i0 : a1 - i0],
-                    var1[a0:a1],
-                    var2[j0:j1],
+                    var_rows[a0 - i0 : a1 - i0],
+                    var_cols,
                     in_shape,
                     diagonal_spatial,
                     want_ntk,
@@ -250,20 +240,27 @@ def compute_kernel(
                     a0 - j0,
                 )
                 k_out = net.apply_kernel(k_in)
+                del k_in
                 out_nngp[a0:a1, j0:j1] = k_out.nngp
                 if want_ntk:
                     out_ntk[a0:a1, j0:j1] = k_out.ntk
-                out_cov1[a0:a1] = k_out.cov1
+                if j0 == (i0 if symmetric else 0):
+                    out_cov1[a0:a1] = k_out.cov1
                 if symmetric:
-                    out_nngp[j0:j1, a0:a1] = transpose_pair(
-                        k_out.nngp, n_sp, probe.diagonal_spatial
-                    )
-                    if want_ntk:
-                        out_ntk[j0:j1, a0:a1] = transpose_pair(
-                            k_out.ntk, n_sp, probe.diagonal_spatial
+                    # mirror the columns outside the same-batch square (symmetrized below)
+                    c0 = i1 - j0 if j0 == i0 else 0
+                    if c0 < j1 - j0:
+                        out_nngp[j0 + c0 : j1, a0:a1] = transpose_pair(
+                            k_out.nngp[:, c0:], n_sp, probe.diagonal_spatial
                         )
+                        if want_ntk:
+                            out_ntk[j0 + c0 : j1, a0:a1] = transpose_pair(
+                                k_out.ntk[:, c0:], n_sp, probe.diagonal_spatial
+                            )
                 elif a0 == 0:
                     out_cov2[j0:j1] = k_out.cov2
+                del k_out
+            del block
     if symmetric:
         for i0 in range(0, n1, block_rows):
             i1 = min(n1, i0 + block_rows)
@@ -279,6 +276,112 @@ def compute_kernel(
         x1_is_x2=symmetric,
         pair_shift=0,
     )
+
+
+def _check_one_pair_fits(x1, diagonal_spatial, want_ntk, itemsize, budget) -> None:
+    """Refuse before any work when the input kernel of ONE pair already exceeds the budget.
+
+    A pair's input kernel holds ``prod(spatial)^2`` entries in the full layout (every
+    location against every location), e.g. 2.5e9 for 224 x 224 images.
+    """
+    spatial = tuple(x1.shape[2:])
+    per_pair = math.prod(spatial) ** (1 if diagonal_spatial else 2)
+    need = per_pair * itemsize * (4 if want_ntk else 3)  # nngp, ntk, cov1, cov2
+    if need > budget:
+        layout = "same-location" if diagonal_spatial else "location-by-location"
+        raise ValueError(
+            f"max_memory={format_bytes(budget)} cannot hold this kernel: one pair of inputs "
+            f"of spatial shape {spatial} has a {layout} covariance of {per_pair} entries, and "
+            f"its input kernel alone needs {format_bytes(need)} (working memory comes on "
+            "top). Splitting the batch cannot help: raise max_memory, use dtype=torch.float32 "
+            "or get='nngp', downsample the inputs, or end the network with Flatten (which "
+            "only needs same-location covariances)."
+        )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    tile_rows: int
+    tile_cols: int
+    block_rows: int
+
+
+def _plan(
+    n1: int,
+    n2: int,
+    *,
+    symmetric: bool,
+    entries_in: int,
+    entries_out: int,
+    cov_entries_in: int,
+    cov_entries_out: int,
+    footprints: list,
+    n_kernels: int,
+    itemsize: int,
+    budget: int,
+    target: int,
+) -> _Plan:
+    """Choose tiles so that result + working memory stay inside ``budget`` bytes.
+
+    Memory model (bytes): the result ``n1 n2 entries_out n_kernels`` and output variances;
+    per block of rows, the input covariance ``rows x cols x entries_in`` and the rows' and
+    columns' input variances; per tile of ``r x c`` pairs, the largest layer's working
+    entries per pair times ``r c + (r + c) / 2`` (the variances go through the layers too).
+
+    Raises:
+        ValueError: not even one pair fits next to the result, with the numbers and
+            the largest ``x1`` batch that would fit.
+    """
+    pair_work = max([w for w, *_ in footprints] + [float(entries_in)])
+    pair_bytes = pair_work * itemsize
+    per_row = (n2 * entries_out * n_kernels + cov_entries_out) * itemsize
+    result_bytes = n1 * per_row + (0 if symmetric else n2 * cov_entries_out * itemsize)
+    # smallest possible step: a 1 x 1 tile, its input pair and both variances
+    one_pair = 2.0 * pair_bytes + (entries_in + 2 * cov_entries_in) * itemsize
+    working = budget - result_bytes
+    if working < one_pair:
+        largest = max(footprints, key=lambda f: f[0]) if footprints else None
+        who = (
+            f" (the largest layer, {largest[2]}, needs {largest[0] / max(largest[1], 1):.1f} x "
+            f"{largest[1]} entries per pair)"
+            if largest
+            else ""
+        )
+        fits_rows = int(
+            (budget - one_pair - (0 if symmetric else n2 * cov_entries_out * itemsize)) // per_row
+        )
+        if fits_rows >= 1:
+            advice = (
+                f"With this budget at most {min(fits_rows, n1 - 1)} rows of x1 fit against the "
+                f"{n2} of x2: pass x1 in batches of that size"
+            )
+        else:
+            advice = "Splitting the batch cannot help at this budget"
+        raise ValueError(
+            f"max_memory={format_bytes(budget)} cannot hold this kernel: the result needs "
+            f"{format_bytes(result_bytes)} ({n1} x {n2} pairs x {entries_out} entries x "
+            f"{n_kernels} kernel(s) x {itemsize} bytes, plus variances) and one pair of "
+            f"inputs needs {format_bytes(one_pair)} of working memory{who}, so at least "
+            f"{format_bytes(result_bytes + one_pair)} is required. {advice}; or raise "
+            "max_memory, use get='nngp' or dtype=torch.float32."
+        )
+    # pairs per tile: within the budget (half of it; the other half holds the input block)
+    max_pairs = max(1, int((working / 2 / pair_bytes) - 1))
+    widest = max([entries_in, entries_out] + [e for _, e, *_ in footprints])
+    tile_pairs = max(1, min(max_pairs, int(target // widest)))
+    if tile_pairs >= n2:
+        tile_cols = n2
+        tile_rows = max(1, min(n1, tile_pairs // n2))
+    else:  # square-ish tiles: the variances' work, r + c per tile, stays small
+        tile_cols = max(1, min(n2, math.isqrt(tile_pairs)))
+        tile_rows = max(1, min(n1, tile_pairs // tile_cols))
+    block_rows = tile_rows * max(1, BLOCK_ROWS // tile_rows)
+    per_block_row = (tile_cols * entries_in + cov_entries_in) * itemsize
+    max_block_rows = max(tile_rows, int((working / 2) // max(1, per_block_row)))
+    block_rows = min(block_rows, max_block_rows, n1)
+    if symmetric:  # the block's same-batch square must lie inside one column chunk
+        block_rows = min(block_rows, tile_cols)
+    return _Plan(tile_rows, tile_cols, block_rows)
 
 
 def _fix_diagonal_square(block, var, *, n_sp_in: int, diagonal_spatial: bool) -> None:
