@@ -166,6 +166,8 @@ def _accumulate(t: torch.Tensor, dims: tuple[int, ...], w: AxisWindow) -> torch.
     independent weights per tap).
     """
     t, w = _unwrapped(t, dims, w)
+    if len(dims) == 2 and dims[1] == t.ndim - 1 and w.stride == 1 and w.out == w.length:
+        return _innermost_pair_sum(t, w)
     shape = list(t.shape)
     for d in dims:
         shape[d] = w.out
@@ -188,6 +190,56 @@ def _accumulate(t: torch.Tensor, dims: tuple[int, ...], w: AxisWindow) -> torch.
             dst[d] = slice(first, first + count)
         out[tuple(dst)] += t[tuple(src)]
     return out
+
+
+_MASKS: dict = {}
+
+
+def _wrap_mask(length: int, offset: int, dtype, device) -> torch.Tensor:
+    """1 where the flat shift by ``offset * (length + 1)`` stays on the same row, else 0.
+
+    Indexed by the flat target position ``f = w * length + w'`` over the shifted range.
+    """
+    key = (length, offset, dtype, device)
+    mask = _MASKS.get(key)
+    if mask is None:
+        n = length * length - abs(offset) * (length + 1)
+        first = max(0, -offset * (length + 1))
+        col = torch.arange(first, first + n, device=device) % length + offset
+        mask = ((col >= 0) & (col < length)).to(dtype)
+        if len(_MASKS) > 256:
+            _MASKS.clear()
+        _MASKS[key] = mask
+    return mask
+
+
+def _innermost_pair_sum(t: torch.Tensor, w: AxisWindow) -> torch.Tensor:
+    """:func:`pair_window_sum` over the last two axes, stride 1, output as long as the input.
+
+    A diagonal shift ``(o, o)`` of an ``(L, L)`` plane is a flat shift by ``o (L + 1)``;
+    entries that would wrap into the next row are masked. This keeps the inner loops long
+    (``L^2`` instead of ``L``), which is ~3x faster than 2-D slicing for small planes.
+    """
+    length = w.length
+    plane = length * length
+    src = t.reshape(-1, plane)
+    out = torch.empty_like(src)
+    offsets = [a - w.lo for a in range(w.size)]
+    if 0 in offsets:
+        out.copy_(src)
+        offsets.remove(0)
+    else:
+        out.zero_()
+    for o in offsets:
+        k = o * (length + 1)
+        if abs(k) >= plane:
+            continue
+        mask = _wrap_mask(length, o, t.dtype, t.device)
+        if k > 0:
+            out[:, : plane - k].addcmul_(src[:, k:], mask)
+        else:
+            out[:, -k:].addcmul_(src[:, : plane + k], mask)
+    return out.view(t.shape)
 
 
 def window_sum(t: torch.Tensor, dim: int, w: AxisWindow) -> torch.Tensor:
