@@ -462,7 +462,10 @@ def _plan(
     pair_work = max([w for w, *_ in footprints] + [float(entries_in)])
     pair_bytes = (pair_work + entries_in) * itemsize
     per_row = (n2 * entries_out * n_kernels + cov_entries_out) * itemsize
-    result_bytes = n1 * per_row + (0 if symmetric else n2 * cov_entries_out * itemsize)
+    kernel_bytes = n1 * n2 * entries_out * n_kernels * itemsize
+    x2_part = 0 if symmetric else n2 * cov_entries_out * itemsize
+    variance_bytes = n1 * cov_entries_out * itemsize + x2_part
+    result_bytes = kernel_bytes + variance_bytes
     # smallest possible step: a 1 x 1 tile, its input pair and both variances
     one_pair = 2.0 * pair_bytes + 2 * cov_entries_in * itemsize
     working = budget - result_bytes
@@ -474,7 +477,6 @@ def _plan(
             if largest
             else ""
         )
-        x2_part = 0 if symmetric else n2 * cov_entries_out * itemsize
         fits_rows = int((budget - one_pair - x2_part) // per_row)
         if fits_rows >= 1:
             advice = (
@@ -485,9 +487,10 @@ def _plan(
             advice = "Splitting the batch cannot help at this budget"
         raise ValueError(
             f"max_memory={format_bytes(budget)} cannot hold this kernel: the result needs "
-            f"{format_bytes(result_bytes)} ({n1} x {n2} pairs x {entries_out} entries x "
-            f"{n_kernels} kernel(s) x {itemsize} bytes, plus variances) and one pair of "
-            f"inputs needs {format_bytes(one_pair)} of working memory{who}, so at least "
+            f"{format_bytes(kernel_bytes)} ({n1} x {n2} pairs x {entries_out} entries x "
+            f"{n_kernels} kernel(s) x {itemsize} bytes) and its variances "
+            f"{format_bytes(variance_bytes)}, and one pair of inputs needs "
+            f"{format_bytes(one_pair)} of working memory{who}, so at least "
             f"{format_bytes(result_bytes + one_pair)} is required. {advice}; or raise "
             "max_memory, use get='nngp' or dtype=torch.float32."
         )
