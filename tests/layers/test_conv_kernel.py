@@ -97,7 +97,14 @@ def test_conv_1d_2d_3d_and_parameterizations(param, dims):
 
 @pytest.mark.parametrize("average", [True, False])
 @pytest.mark.parametrize(
-    "kwargs", [dict(k=2), dict(k=3, stride=1, padding=1), dict(k=(2, 3), stride=(1, 2))]
+    "kwargs",
+    [
+        dict(k=2),
+        dict(k=3, stride=1, padding=1),
+        dict(k=(2, 3), stride=(1, 2)),
+        dict(k=3, stride=1, padding="circular"),
+        dict(k=2, stride=2, padding="same"),
+    ],
 )
 def test_window_pooling_matches_reference(average, kwargs):
     x1, x2 = _x((2, 2, 5, 6), 5), _x((1, 2, 5, 6), 6)
@@ -196,3 +203,22 @@ def test_dropout_flatten_diagonal_layout():
     k = net.kernel(x1)
     J = R.dense(R.flatten(R.dropout(R.relu(R.conv(R.inputs(x1), 4, 3, 1, "same")), 0.5)), 1)
     _check(k, J, 3)
+
+
+def test_dropout_and_layernorm_on_vectors():
+    x1 = _x((4, 6), 17)
+    net = L.serial(L.Dense(5, b_std=0.2), L.LayerNorm(), L.ReLU(), L.Dropout(0.25), L.Dense(1))
+    k = net.kernel(x1)
+    J = R.inputs(x1)
+    J = R.dense(R.dropout(R.relu(R.layer_norm(R.dense(J, 5, b_std=0.2))), 0.25), 1)
+    _check(k, J, 4)
+
+
+def test_layernorm_in_diagonal_layout():
+    x1, x2 = _x((2, 2, 4, 5), 18), _x((3, 2, 4, 5), 19)
+    net = L.serial(
+        L.Conv(4, 3, padding="same", b_std=0.4), L.LayerNorm(eps=0.01), L.ReLU(), L.Flatten()
+    )
+    k = net.kernel(x1, x2)
+    J = R.flatten(R.relu(R.layer_norm(R.conv(R.inputs(x1, x2), 4, 3, 1, "same", b_std=0.4), 0.01)))
+    _check(k, J, 2)

@@ -68,6 +68,7 @@ def _conv_relu(padding, stride=1, ksize=3, pool=None, param="ntk"):
 CASES = {
     "conv-same": (_conv_relu("same"), (2, 5, 5)),
     "conv-valid-stride2": (_conv_relu("valid", stride=2), (2, 6, 6)),
+    "conv-same-stride2": (_conv_relu("same", stride=2), (2, 5, 5)),
     "conv-circular": (_conv_relu("circular"), (2, 4, 5)),
     "conv-explicit-padding": (_conv_relu(1, ksize=(3, 2)), (2, 4, 4)),
     "conv-standard": (_conv_relu("same", param="standard"), (2, 4, 4)),
