@@ -103,11 +103,12 @@ def conv(J, out_channels, k, stride=1, padding="valid", w_std=1.0, b_std=None, p
 
 
 def relu(J):
+    """Arc-cosine kernel; theta = atan2(sqrt(d_i d_j - K^2), K) is well conditioned near 0."""
     d = torch.diagonal(J.K)
-    norm = torch.sqrt(d[:, None] * d[None, :])
-    cos = torch.where(norm > 0, J.K / torch.where(norm > 0, norm, 1.0), 0.0).clamp(-1, 1)
-    theta = torch.arccos(cos)
-    K = norm / (2 * math.pi) * (torch.sin(theta) + (math.pi - theta) * cos)
+    prod = d[:, None] * d[None, :]
+    sin_part = torch.sqrt(torch.clamp(prod - J.K * J.K, min=0.0))  # sqrt(prod) sin(theta)
+    theta = torch.atan2(sin_part, J.K)
+    K = (sin_part + (math.pi - theta) * J.K) / (2 * math.pi)
     T = J.T * (math.pi - theta) / (2 * math.pi)
     return Joint(K, T, J.n, J.spatial, J.channels, J.same)
 
