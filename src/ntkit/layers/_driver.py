@@ -9,13 +9,15 @@ variances), so the ``(n1, n2)`` kernel is computed tile by tile:
    covariance only where a later layer needs it);
 3. size the tiles so result + working memory stay inside ``max_memory``, or refuse with the
    estimate;
-4. per block of rows, compute the input covariance (one matrix product), then run the
-   layers on cache-sized tiles. With ``x2=None`` only the upper triangle is computed and
-   mirrored, so the result is exactly symmetric.
+4. per tile of ``r x c`` pairs, compute the input covariance (one matrix product) and the
+   variances, then run the layers; on CPU, tiles run concurrently, one per torch thread.
+   With ``x2=None`` only the upper triangle is computed and mirrored, so the result is
+   exactly symmetric.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 from collections.abc import Iterator
@@ -304,18 +306,16 @@ def _workers(device: torch.device) -> int:
     return max(1, torch.get_num_threads())
 
 
-def _tiles(n1: int, n2: int, plan, symmetric: bool) -> list[tuple[int, int, int, int]]:
+def _tiles(n1: int, n2: int, plan, symmetric: bool) -> Iterator[tuple[int, int, int, int]]:
     """``(a0, a1, j0, j1)`` row/column ranges; upper triangle only when symmetric.
 
     With ``x2 = x1`` every row range's first column range starts at its first row, so the
     same-batch square lies inside that tile (``tile_rows <= tile_cols``).
     """
-    out = []
     for a0 in range(0, n1, plan.tile_rows):
         a1 = min(n1, a0 + plan.tile_rows)
         for j0 in range(a0 if symmetric else 0, n2, plan.tile_cols):
-            out.append((a0, a1, j0, min(n2, j0 + plan.tile_cols)))
-    return out
+            yield a0, a1, j0, min(n2, j0 + plan.tile_cols)
 
 
 def _fill(
@@ -398,8 +398,13 @@ def _run_parallel(fn, tiles, workers: int) -> None:
 
     try:
         with ThreadPoolExecutor(max_workers=workers, initializer=single_threaded) as pool:
-            for result in [pool.submit(fn, *t) for t in tiles]:
-                result.result()  # re-raises the first error
+            pending: collections.deque = collections.deque()
+            for t in tiles:  # at most 2 tiles per worker queued: bounded memory
+                pending.append(pool.submit(fn, *t))
+                if len(pending) >= 2 * workers:
+                    pending.popleft().result()  # re-raises a tile's error
+            while pending:
+                pending.popleft().result()
     finally:
         torch.set_num_threads(threads)  # the workers changed torch's global setting
 
