@@ -31,10 +31,12 @@ from ntkit.layers._spatial import transpose_pair
 from ntkit.layers.base import Layer, LayerSpecError
 from ntkit.settings import default_kernel_dtype, default_max_memory, format_bytes
 
-#: Tile size (kernel entries) for the layer chain on CPU: 8 MiB float64 arrays (measured
-#: fastest for 8x8 and 16x16 CNN kernels: small enough for the cache, big enough that the
-#: variances recomputed per tile and the per-call overhead stay small).
-CPU_TILE_ENTRIES = 2**20
+#: Tile size (kernel entries) for the layer chain on CPU: 2 MiB float64 arrays, cache-sized.
+CPU_TILE_ENTRIES = 2**18
+#: Fewest pairs per tile when the budget allows (4 x 4): every tile also pushes its rows' and
+#: columns' variances through the layers, r + c per r x c pairs, which for big spatial
+#: kernels (16x16 images: 65536 entries per pair) would otherwise double the work.
+MIN_TILE_PAIRS = 16
 #: Tile size on CUDA: large tiles amortize kernel launches.
 CUDA_TILE_ENTRIES = 2**26
 #: On CPU, compute tiles concurrently (one per torch thread, each single-threaded).
@@ -503,7 +505,7 @@ def _plan(
     per_worker = working / max(1, workers)
     max_pairs = max(1, int(per_worker / pair_bytes - 1))
     widest = max([entries_in, entries_out] + [e for _, e, *_ in footprints])
-    tile_pairs = max(1, min(max_pairs, int(target // widest)))
+    tile_pairs = max(1, min(max_pairs, max(int(target // widest), MIN_TILE_PAIRS)))
     if tile_pairs >= n2:
         tile_cols = n2
         tile_rows = max(1, min(n1, tile_pairs // n2))
