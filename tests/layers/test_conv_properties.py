@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -238,13 +237,39 @@ def test_activation_after_spatial_flatten_is_refused():
         net.kernel(_x((2, 1, 5, 5), 0))
 
 
+GPU_NETS = {
+    "conv-gap": lambda: _cnn(),
+    "circular-flatten": lambda: _cnn("circular", pool=L.Flatten()),
+    "pool-layernorm-attention-dropout": lambda: L.serial(
+        L.Conv(8, 3, padding="same"),
+        L.ReLU(),
+        L.AvgPool(2),
+        L.Conv(8, 2, padding="same"),
+        L.LayerNorm(),
+        L.GlobalSelfAttention(8, b_std=0.1),
+        L.ReLU(),
+        L.Dropout(0.2),
+        L.SumPool(2, stride=1),
+        L.GlobalAvgPool(),
+        L.Dense(1),
+    ),
+}
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu():
-    x = _x((6, 3, 8, 8), 12)
-    net = _cnn()
-    k_cpu = net.kernel(x)
-    k_gpu = net.kernel(x.cuda())
-    assert k_gpu.ntk.device.type == "cuda"
-    torch.testing.assert_close(k_gpu.ntk.cpu(), k_cpu.ntk, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(k_gpu.nngp.cpu().numpy(), k_cpu.nngp.numpy(), rtol=1e-10)
+@pytest.mark.parametrize("name", sorted(GPU_NETS))
+def test_cuda_matches_cpu(name):
+    x1, x2 = _x((6, 3, 8, 8), 12), _x((4, 3, 8, 8), 13)
+    net = GPU_NETS[name]()
+    for b in (None, x2):
+        k_cpu = net.kernel(x1, b)
+        k_gpu = net.kernel(x1.cuda(), None if b is None else b.cuda())
+        assert k_gpu.ntk.device.type == "cuda"
+        torch.testing.assert_close(k_gpu.nngp.cpu(), k_cpu.nngp, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(k_gpu.ntk.cpu(), k_cpu.ntk, rtol=1e-10, atol=1e-12)
+    # tiled on the GPU as well
+    tiled = net.kernel(x1.cuda(), max_memory=2_000_000)  # a few pairs per tile
+    torch.testing.assert_close(tiled.ntk.cpu(), net.kernel(x1).ntk, rtol=1e-10, atol=1e-12)
+    model = net.module((3, 8, 8), device="cuda", dtype=torch.float64)
+    assert model(x1.cuda()).shape == (6, 1)
