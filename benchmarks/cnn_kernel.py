@@ -207,7 +207,7 @@ def main() -> None:
     table = header + "\n" + "\n".join(rows) + "\n" + note + "\n"
     print("\n" + table)
     if args.out:
-        Path(args.out).write_text(table)
+        Path(args.out).write_text("# CNN kernel benchmark (`benchmarks/cnn_kernel.py`)\n\n" + table)
 
 
 if __name__ == "__main__":
