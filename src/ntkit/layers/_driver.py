@@ -108,7 +108,9 @@ def _retained_heap(enabled: bool) -> Iterator[None]:
     """Serve large CPU allocations from the heap and do not trim it, then trim once.
 
     Afterwards the trim threshold returns to glibc's default (128 KiB) and ``malloc_trim``
-    hands the freed memory back, so the process does not keep the peak.
+    hands the freed memory back, so the process does not keep the peak. The mmap threshold
+    stays at 32 MiB (setting it ends glibc's dynamic adjustment, which moves it towards that
+    value anyway once large blocks have been freed).
     """
     libc = _glibc() if (enabled and RETAIN_HEAP) else False
     if not libc:
