@@ -63,13 +63,13 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def worker_ntkit(case: str, dtype: str) -> dict:
+def worker_ntkit(case: str, dtype: str, device: str = "cpu") -> dict:
     import torch
 
     from ntkit import layers as L
 
     data, readout = CASES[case]
-    x = torch.from_numpy(_data(data))
+    x = torch.from_numpy(_data(data)).to(device)
     net = L.serial(
         *[m for _ in range(3) for m in (L.Conv(64, 3, padding="same"), L.ReLU())],
         L.GlobalAvgPool() if readout == "gap" else L.Flatten(),
@@ -77,12 +77,19 @@ def worker_ntkit(case: str, dtype: str) -> dict:
     )
     before = _rss()
     t0, c0 = time.perf_counter(), time.process_time()
+    if device == "cuda":
+        net.kernel(x[:8], dtype=getattr(torch, dtype))  # warm-up (CUDA context, kernels)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        t0, c0 = time.perf_counter(), time.process_time()
     k = net.kernel(x, dtype=getattr(torch, dtype))
+    if device == "cuda":
+        torch.cuda.synchronize()
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {
         "seconds": seconds,
         "cpu_seconds": cpu,
-        "peak_rss": _peak_rss(),
+        "peak_rss": torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss(),
         "rss_before": before,
         "threads": torch.get_num_threads(),
         "checksum": float(k.ntk.sum()),
@@ -136,9 +143,9 @@ def worker_nt(case: str, dtype: str, nt_python: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _spawn(case: str, dtype: str) -> dict:
+def _spawn(case: str, dtype: str, device: str = "cpu") -> dict:
     proc = subprocess.run(
-        [sys.executable, __file__, "--worker", case, "--dtype", dtype],
+        [sys.executable, __file__, "--worker", case, "--dtype", dtype, "--device", device],
         capture_output=True,
         text=True,
         check=True,
@@ -165,15 +172,16 @@ def main() -> None:
     parser.add_argument("--out", help="also write the markdown table to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float64", help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (peak: CUDA allocations)")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker_ntkit(args.worker, args.dtype)))
+        print(json.dumps(worker_ntkit(args.worker, args.dtype, args.device)))
         return
 
     rows = []
     for case in CASES:
-        ours = _spawn(case, "float64")
-        ours32 = _spawn(case, "float32")
+        ours = _spawn(case, "float64", args.device)
+        ours32 = _spawn(case, "float32", args.device)
         if args.nt_python and args.nt_cases in case:
             ref = worker_nt(case, args.nt_dtype, args.nt_python)
             ref_s, ref_mem = ref.get("seconds"), ref.get("peak_rss")
