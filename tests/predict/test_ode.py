@@ -90,31 +90,31 @@ def test_callable_loss_equals_closed_form_at_unsorted_times():
 
 
 def test_momentum_mse_matches_exact_second_order_solution():
-    """f'' + (1 - beta) f' = -eta K (f - y), f'(0) = 0, solved by the matrix exponential."""
+    """f'' + (1 - beta) f' = -eta K (f - y), f'(0) = 0, solved by one matrix exponential.
+
+    State (r, v, w, u) with r = f - y on the training inputs, w the test outputs and v, u
+    their velocities: r' = v, v' = -eta K r - (1 - beta) v, w' = u, u' = -eta K_tX r - (1 - beta) u.
+    """
     k, kt, _, y = kernel_problem(n=5, n_test=2, m=1, seed=8)
     beta, eta, t = 0.8, 0.4, 6.0
-    n = 5
-    # state (r, v) with r = f - y: d/dt [r; v] = [[0, I], [-eta K, -(1 - beta) I]] [r; v]
-    a = np.block([[np.zeros((n, n)), np.eye(n)], [-eta * k.numpy(), -(1 - beta) * np.eye(n)]])
+    n, nt, c = 5, 2, 1 - 0.8
+    a = np.zeros((2 * n + 2 * nt, 2 * n + 2 * nt))
+    a[:n, n : 2 * n] = np.eye(n)
+    a[n : 2 * n, :n] = -eta * k.numpy()
+    a[n : 2 * n, n : 2 * n] = -c * np.eye(n)
+    w, u = 2 * n, 2 * n + nt
+    a[w:u, u:] = np.eye(nt)
+    a[u:, :n] = -eta * kt.numpy()
+    a[u:, u:] = -c * np.eye(nt)
     f0 = randn(5, 1, seed=9)
-    r0 = (f0 - y).numpy()
-    state = scipy.linalg.expm(a * t) @ np.concatenate([r0, np.zeros((n, 1))])
-    ref_train = state[:n] + y.numpy()
-    # the test outputs obey f_t'' + (1 - beta) f_t' = -eta K_tX r; integrate the forcing
-    # exactly: f_t(t) - f_t(0) = -eta K_tX int_0^t h(t - s) r(s) ds with
-    # h(u) = (1 - exp(-(1 - beta) u)) / (1 - beta); use a fine trapezoid on r(s)
-    s = np.linspace(0, t, 4001)
-    rs = np.stack(
-        [(scipy.linalg.expm(a * si) @ np.concatenate([r0, np.zeros((n, 1))]))[:n] for si in s]
-    )
-    h = (1 - np.exp(-(1 - beta) * (t - s))) / (1 - beta)
-    integral = np.trapezoid(h[:, None, None] * rs, s, axis=0)
-    ref_test = -eta * kt.numpy() @ integral
+    ft0 = randn(2, 1, seed=10)
+    s0 = np.concatenate([(f0 - y).numpy(), np.zeros((n, 1)), ft0.numpy(), np.zeros((nt, 1))])
+    state = scipy.linalg.expm(a * t) @ s0
     out = gradient_descent("mse", k, y, learning_rate=eta, momentum=beta, rtol=1e-11, atol=1e-12)(
-        t, fx_train_0=f0, k_test_train=kt
+        t, fx_train_0=f0, fx_test_0=ft0, k_test_train=kt
     )
-    np.testing.assert_allclose(out.train.numpy(), ref_train, atol=1e-8)
-    np.testing.assert_allclose(out.test.numpy(), ref_test, atol=1e-6)
+    np.testing.assert_allclose(out.train.numpy(), state[:n] + y.numpy(), atol=1e-8)
+    np.testing.assert_allclose(out.test.numpy(), state[w:u], atol=1e-8)
 
 
 def test_momentum_ode_tracks_discrete_heavy_ball_for_small_steps():
