@@ -230,3 +230,55 @@ def test_auto_prefers_structured_for_a_wide_mlp():
     for mode in ["full", "trace", "sum_logits"]:
         est = estimate(prof, mode_spec(mode, None, 10), 128, 128, True, 4, 2**32, "cpu")
         assert choose(est) == "structured"
+
+
+class SeqFirst(nn.Module):
+    """Inner layers see (L, n, d): the batch is not on the leading axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 4)
+        self.ln = nn.LayerNorm(4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):  # x: (n, L, 3)
+        h = self.ln(torch.tanh(self.lin(x.transpose(0, 1))))  # (L, n, 4)
+        return self.out(h.mean(0))
+
+
+class Centering(nn.Module):
+    """Couples the samples of a batch (subtracts the batch mean)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.lin(x))
+        return self.out(h - h.mean(0, keepdim=True))
+
+
+@pytest.mark.parametrize("cls", [SeqFirst, Centering])
+def test_models_that_need_the_per_sample_path(cls):
+    torch.manual_seed(0)
+    model = cls().double()
+    shape = (5, 3) if cls is SeqFirst else (3,)
+    x1 = torch.randn(4, *shape, dtype=torch.float64)
+    x2 = torch.randn(3, *shape, dtype=torch.float64)
+    with transform_safe():
+        prof = profile(functionalize(model), x1[:2])
+    assert not prof.batched
+    assert set(prof.covered) == {n for n, _ in model.named_parameters()}
+    want = brute_ntk(model, x1, x2)  # one sample at a time
+    for mode in ("full", "trace"):
+        got = nk.empirical_ntk(model, x1, x2, mode=mode, implementation="structured")
+        ref = want if mode == "full" else torch.einsum("ijaa->ij", want)
+        assert _rel(got, ref) < 1e-12
+
+
+def test_zoo_models_take_the_batched_path():
+    for name in ("mlp", "cnn", "resblock", "attention", "multiout"):
+        model, x1, _ = make(name)
+        with transform_safe():
+            assert profile(functionalize(model), x1[:2]).batched, name

@@ -112,7 +112,8 @@ def empirical_ntk(
 
 def _empirical_ntk(fm, x1, x2, mode, logit, implementation, per_parameter, max_memory, out_device):
     dtype, device = _model_place(fm)
-    prof = profile(fm, x1[:1], use_rules=implementation in ("structured", "auto"))
+    pair = x1[:2] if (x1.shape[0] >= 2 or x2 is None) else torch.cat([x1[:1], x2[:1]])
+    prof = profile(fm, pair, use_rules=implementation in ("structured", "auto"))
     spec = mode_spec(mode, logit, prof.out_numel)
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]

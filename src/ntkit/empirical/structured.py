@@ -34,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ntkit.empirical.factors import Dense, Factor, Kron, OneHot, materialize
 from ntkit.empirical.functional import FunctionalModel
+from ntkit.empirical.jacobian import per_sample_jacobians
 from ntkit.empirical.rules import BUILTIN_RULES
 
 __all__ = ["ModelProfile", "StructuredFeaturizer", "find_rule", "profile", "register_rule"]
@@ -104,6 +105,7 @@ class _Call:
     out_shape: tuple[int, ...]
     x: torch.Tensor | None = None  # the recorded one-sample input (analysis only)
     out: torch.Tensor | None = None
+    in_shape: tuple[int, ...] = ()
 
 
 @dataclass
@@ -123,6 +125,7 @@ class ModelProfile:
             one sample and one direction: ``("dense", D)`` or ``("kron", P, A, B)``.
         fused_shapes: The same for the fused factors (weight and bias of one layer share
             their cotangent), keyed like :class:`StructuredFeaturizer` with ``fuse=True``.
+        batched: A batched forward pass stands for per-sample passes (faster features).
     """
 
     fm: FunctionalModel
@@ -135,6 +138,7 @@ class ModelProfile:
     calls: list[_Call] = field(default_factory=list)
     factor_shapes: dict[str, tuple] = field(default_factory=dict)
     fused_shapes: dict = field(default_factory=dict)
+    batched: bool = False
 
     @property
     def total_params(self) -> int:
@@ -194,14 +198,20 @@ def _owners(module: nn.Module) -> dict[str, set[tuple[int, str]]]:
 def profile(fm: FunctionalModel, x: torch.Tensor, use_rules: bool = True) -> ModelProfile:
     """Analyse one sample's forward pass: output size, cost, and which rules apply.
 
+    With two samples, also check whether a plain batched forward pass can stand for
+    per-sample passes (``batched``): the output of the pair equals the outputs of each
+    sample alone, and every covered module sees the batch on its leading axis.
+
     Args:
         fm: The functional model.
-        x: One input ``(1, *in_shape)``.
+        x: One or two inputs ``(1 or 2, *in_shape)``; the first is analysed.
         use_rules: Whether to look for structured rules (else everything is generic).
 
     Returns:
         A :class:`ModelProfile`.
     """
+    pair = x if x.shape[0] >= 2 else None
+    x = x[:1]
     param_numel = {n: p.numel() for n, p in fm.params.items()}
     module = fm.module
     candidates: dict[str, tuple[nn.Module, str]] = {}
@@ -231,7 +241,9 @@ def profile(fm: FunctionalModel, x: torch.Tensor, use_rules: bool = True) -> Mod
             if not isinstance(out, torch.Tensor) or not isinstance(x_in, torch.Tensor):
                 bad_modules.add(id(mod))
             else:
-                calls.append(_Call(mod, tuple(out.shape), x_in.detach(), out.detach()))
+                calls.append(
+                    _Call(mod, tuple(out.shape), x_in.detach(), out.detach(), tuple(x_in.shape))
+                )
 
     if module is not None:
         for m in modules.values():
@@ -274,9 +286,44 @@ def profile(fm: FunctionalModel, x: torch.Tensor, use_rules: bool = True) -> Mod
         calls=calls,
     )
     prof.factor_shapes, prof.fused_shapes = _factor_shapes(prof)
+    prof.batched = pair is None or _batches_like_samples(prof, pair, out)
     for c in calls:
         c.x = c.out = None
     return prof
+
+
+def _batches_like_samples(prof: ModelProfile, pair: torch.Tensor, out0: torch.Tensor) -> bool:
+    """Whether a batched forward pass of ``pair`` acts sample by sample (see ``profile``)."""
+    fm = prof.fm
+    seen: list[tuple[nn.Module, tuple, tuple]] = []
+
+    def post(mod, args, kwargs, out):
+        x_in = args[0] if args else next(iter(kwargs.values()), None)
+        if isinstance(out, torch.Tensor) and isinstance(x_in, torch.Tensor):
+            seen.append((mod, tuple(x_in.shape), tuple(out.shape)))
+
+    mods = {id(c.module): c.module for c in prof.calls}
+    handles = [m.register_forward_hook(post, with_kwargs=True) for m in mods.values()]
+    try:
+        with torch.no_grad():
+            both = fm.fn(fm.params, pair[:2])
+    finally:
+        for h in handles:
+            h.remove()
+    if len(seen) != len(prof.calls):
+        return False
+    for (mod, sin, sout), c in zip(seen, prof.calls):
+        if mod is not c.module:
+            return False
+        for two, one in ((sin, c.in_shape), (sout, c.out_shape)):
+            if len(two) != len(one) or one[:1] != (1,) or two != (2, *one[1:]):
+                return False
+    with torch.no_grad():
+        second = fm.fn(fm.params, pair[1:2])
+    alone = torch.cat([out0, second]).reshape(both.shape)
+    tol = 1e-4 if both.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-9
+    scale = float(alone.abs().max()) + 1e-30
+    return bool((both - alone).abs().max() <= tol * scale)
 
 
 def _shape_of(f: Factor) -> tuple:
@@ -357,68 +404,21 @@ class StructuredFeaturizer:
         Returns:
             ``key -> factor`` with ``key`` a parameter name (or a tuple of names when fused).
         """
-        prof, fm = self.prof, self.prof.fm
-        covered_vals = {n: fm.params[n] for n in prof.covered}
-        generic = {n: fm.params[n] for n in prof.generic}
-        probes = [
-            torch.zeros(c.out_shape, dtype=directions.dtype, device=directions.device)
-            for c in prof.calls
-        ]
-        state = _ProbeState()
-        calls = prof.calls
-
-        def hook(mod, args, kwargs, out):
-            if not state.active:
-                return None
-            k = state.k
-            if k >= len(calls) or calls[k].module is not mod:
-                raise RuntimeError(
-                    "the model's sequence of module calls differs between passes "
-                    "(data-dependent control flow); use implementation='jacobian'."
-                )
-            state.k += 1
-            state.inputs.append(args[0] if args else next(iter(kwargs.values())))
-            return out + state.probes[k]
-
-        def single(pr, gp, xi):
-            state.active, state.probes, state.inputs, state.k = True, pr, [], 0
-            try:
-                out = fm.fn({**covered_vals, **gp}, xi.unsqueeze(0))
-            finally:
-                state.active = False
-            if state.k != len(calls):
-                raise RuntimeError(
-                    "the model's sequence of module calls differs between passes "
-                    "(data-dependent control flow); use implementation='jacobian'."
-                )
-            return out.reshape(-1), list(state.inputs)
-
-        def per_sample(xi):
-            _, pullback, inputs = vjp(
-                lambda pr, gp: single(pr, gp, xi), probes, generic, has_aux=True
-            )
-            g_probes, g_generic = vmap(pullback)(directions)
-            return g_probes, g_generic, inputs
-
-        handles = [
-            m.register_forward_hook(hook, with_kwargs=True)
-            for m in {id(c.module): c.module for c in calls}.values()
-        ]
-        try:
-            g_probes, g_generic, inputs = vmap(per_sample)(x)
-        finally:
-            for h in handles:
-                h.remove()
-
-        feats: dict = {}
+        prof = self.prof
+        if prof.batched:
+            g_probes, inputs = self._cotangents_batched(x, directions)
+            g_generic = self._generic_jacobians(x, directions)
+        else:
+            g_probes, g_generic, inputs = self._cotangents_per_sample(x, directions)
         per_call: list[dict] = []
-        for call, xk, gk in zip(calls, inputs, g_probes):
+        for call, xk, gk in zip(prof.calls, inputs, g_probes):
             rule, _ = find_rule(call.module)
             locals_ = self.by_module[id(call.module)]
             got = rule(call.module, xk, gk, tuple(locals_))
             per_call.append({locals_[loc]: f for loc, f in got.items() if loc in locals_})
         if self.fuse:
             per_call = [_fuse(d) for d in per_call]
+        feats: dict = {}
         for d in per_call:
             for key, f in d.items():
                 feats.setdefault(key, []).append(f)
@@ -426,6 +426,103 @@ class StructuredFeaturizer:
         for name, j in g_generic.items():
             out[name] = Dense(j.reshape(j.shape[0], j.shape[1], -1))
         return out
+
+    def _hooked(self, state: _ProbeState):
+        calls = self.prof.calls
+
+        def hook(mod, args, kwargs, out):
+            if not state.active:
+                return None
+            k = state.k
+            if k >= len(calls) or calls[k].module is not mod:
+                raise RuntimeError(_FLOW_CHANGED)
+            state.k += 1
+            state.inputs.append(args[0] if args else next(iter(kwargs.values())))
+            return out + state.probes[k]
+
+        mods = {id(c.module): c.module for c in calls}
+        return [m.register_forward_hook(hook, with_kwargs=True) for m in mods.values()]
+
+    def _run(self, state: _ProbeState, probes, params: dict, x: torch.Tensor):
+        state.active, state.probes, state.inputs, state.k = True, probes, [], 0
+        try:
+            out = self.prof.fm.fn(params, x)
+        finally:
+            state.active = False
+        if state.k != len(self.prof.calls):
+            raise RuntimeError(_FLOW_CHANGED)
+        return out, list(state.inputs)
+
+    def _cotangents_batched(self, x, directions):
+        """One batched forward pass; vjp in the probes, vectorised over the directions."""
+        prof, fm = self.prof, self.prof.fm
+        n = x.shape[0]
+        params = {nm: fm.params[nm] for nm in fm.params}
+        probes = [
+            torch.zeros((n, *c.out_shape[1:]), dtype=directions.dtype, device=directions.device)
+            for c in prof.calls
+        ]
+        state = _ProbeState()
+
+        def h(pr):
+            out, inputs = self._run(state, pr, params, x)
+            return out.reshape(n, -1), inputs
+
+        handles = self._hooked(state)
+        try:
+            _, pullback, inputs = vjp(h, probes, has_aux=True)
+            cot = directions[:, None, :].expand(directions.shape[0], n, directions.shape[1])
+            (g_probes,) = vmap(pullback)(cot)
+        finally:
+            for hd in handles:
+                hd.remove()
+        # present them as a per-sample pass would: the module saw a batch of one
+        return [g.transpose(0, 1).unsqueeze(2) for g in g_probes], [t.unsqueeze(1) for t in inputs]
+
+    def _generic_jacobians(self, x, directions) -> dict:
+        prof, fm = self.prof, self.prof.fm
+        if not prof.generic:
+            return {}
+        fixed = {nm: fm.params[nm] for nm in prof.covered}
+        sub = FunctionalModel(
+            fn=lambda p, xx: fm.fn({**fixed, **p}, xx),
+            params={nm: fm.params[nm] for nm in prof.generic},
+            module=fm.module,
+        )
+        return per_sample_jacobians(sub, x, directions)
+
+    def _cotangents_per_sample(self, x, directions):
+        """Per-sample vmap: any model whose samples are processed independently."""
+        prof, fm = self.prof, self.prof.fm
+        covered_vals = {nm: fm.params[nm] for nm in prof.covered}
+        generic = {nm: fm.params[nm] for nm in prof.generic}
+        probes = [
+            torch.zeros(c.out_shape, dtype=directions.dtype, device=directions.device)
+            for c in prof.calls
+        ]
+        state = _ProbeState()
+
+        def per_sample(xi):
+            def h(pr, gp):
+                out, inputs = self._run(state, pr, {**covered_vals, **gp}, xi.unsqueeze(0))
+                return out.reshape(-1), inputs
+
+            _, pullback, inputs = vjp(h, probes, generic, has_aux=True)
+            g_probes, g_generic = vmap(pullback)(directions)
+            return g_probes, g_generic, inputs
+
+        handles = self._hooked(state)
+        try:
+            return vmap(per_sample)(x)
+        finally:
+            for hd in handles:
+                hd.remove()
+
+
+_FLOW_CHANGED = (
+    "the model's sequence of module calls differs between passes (data-dependent control "
+    "flow); use implementation='jacobian'."
+)
 
 
 def _fuse(d: dict) -> dict:
