@@ -120,7 +120,9 @@ def _sine_gap(q12, q11, q22):
 
     ``S = sqrt(q11 q22) sin(theta)``; a pair with a zero variance gets ``theta = pi/2``.
     """
-    gap = torch.addcmul(q11 * q22, q12, q12, value=-1.0).clamp_min_(0.0).sqrt_()
+    # No fused multiply-add here: with q11 = q22 = q12 both products round identically and
+    # the gap is exactly 0 (theta = 0), which an FMA would turn into sqrt(eps) noise.
+    gap = (q11 * q22).sub_(q12 * q12).clamp_min_(0.0).sqrt_()
     theta = torch.atan2(gap, q12)
     if bool((q11 == 0).any()) or bool((q22 == 0).any()):
         degenerate = (q11 * q22 == 0).expand_as(theta)
@@ -176,6 +178,9 @@ class ReLU(ABReLU):
     def fn(self, x):
         return torch.relu(x)
 
+    def build_module(self, in_shape, generator):
+        return torch.nn.ReLU()
+
     def __repr__(self):
         return "ReLU()"
 
@@ -190,6 +195,12 @@ class LeakyReLU(ABReLU):
     def __init__(self, alpha: float = 0.01):
         super().__init__(alpha, 1.0)
         self.alpha = float(alpha)
+
+    def fn(self, x):
+        return torch.nn.functional.leaky_relu(x, self.alpha)
+
+    def build_module(self, in_shape, generator):
+        return torch.nn.LeakyReLU(self.alpha)
 
     def __repr__(self):
         return f"LeakyReLU(alpha={self.alpha})"
@@ -209,12 +220,8 @@ class Abs(ABReLU):
 
 
 # ----------------------------------------------------------------------------- smooth closed forms
-class Erf(Activation):
-    """``phi(x) = a * erf(b * x) + c`` (Williams 1997).
-
-    With ``p_i = 1 + 2 b^2 q_ii`` and ``D = sqrt(p_1 p_2 - 4 b^4 q12^2)``:
-    ``E = a^2 (2/pi) atan2(2 b^2 q12, D) + c^2`` and ``dot = a^2 b^2 (4/pi) / D``.
-    """
+class _ScaledShifted(Activation):
+    """Activations ``a * g(b * x + ...) + ...`` with parameters ``a, b, c`` and odd ``g``."""
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
         self.a, self.b, self.c = float(a), float(b), float(c)
@@ -222,6 +229,14 @@ class Erf(Activation):
     @property
     def odd(self) -> bool:
         return self.c == 0.0
+
+
+class Erf(_ScaledShifted):
+    """``phi(x) = a * erf(b * x) + c`` (Williams 1997).
+
+    With ``p_i = 1 + 2 b^2 q_ii`` and ``D = sqrt(p_1 p_2 - 4 b^4 q12^2)``:
+    ``E = a^2 (2/pi) atan2(2 b^2 q12, D) + c^2`` and ``dot = a^2 b^2 (4/pi) / D``.
+    """
 
     def fn(self, x):
         return self.a * torch.erf(self.b * x) + self.c
@@ -265,6 +280,9 @@ class GELU(Activation):
     def fn(self, x):
         return torch.nn.functional.gelu(x, approximate=self.approximate)
 
+    def build_module(self, in_shape, generator):
+        return torch.nn.GELU(approximate=self.approximate)
+
     def expectations(self, q12, q11, q22, need_dot):
         prod = q11 * q22
         p1 = (1.0 + q11) * (1.0 + q22)
@@ -283,19 +301,12 @@ class GELU(Activation):
         return f"GELU(approximate={self.approximate!r})"
 
 
-class Sin(Activation):
+class Sin(_ScaledShifted):
     """``phi(x) = a * sin(b * x + c)``.
 
     With ``s_pm = exp(-b^2 (q11 + q22 +- 2 q12) / 2)`` (``s_+`` times ``cos(2c)``):
     ``E = a^2 (s_- - cos(2c) s_+) / 2`` and ``dot = a^2 b^2 (s_- + cos(2c) s_+) / 2``.
     """
-
-    def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
-        self.a, self.b, self.c = float(a), float(b), float(c)
-
-    @property
-    def odd(self) -> bool:
-        return self.c == 0.0
 
     def fn(self, x):
         return self.a * torch.sin(self.b * x + self.c)

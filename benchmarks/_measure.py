@@ -1,0 +1,52 @@
+"""Measure wall time and peak memory of one benchmark case in a fresh process.
+
+Each case runs in its own subprocess so that peak memory (``ru_maxrss`` on CPU,
+``torch.cuda.max_memory_allocated`` on CUDA) belongs to that case alone. The case reports
+the peak *increase* over the process state after its inputs were created.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+
+def run_case(setup: str, statement: str, *, device: str = "cpu", repeats: int = 3) -> dict:
+    """Run ``setup`` once, then ``statement`` ``repeats`` times; return the best time and peak.
+
+    Returns:
+        ``{"seconds": best wall time, "peak_bytes": peak memory increase}``.
+    """
+    code = textwrap.dedent(
+        f"""
+        import json, resource, time, gc
+        import torch
+        {textwrap.indent(textwrap.dedent(setup), "        ").strip()}
+        dev = torch.device({device!r})
+        if dev.type == "cuda":
+            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        best = float("inf")
+        for _ in range({repeats}):
+            gc.collect()
+            t0 = time.perf_counter()
+            out = {statement}
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t0)
+            del out
+        if dev.type == "cuda":
+            peak = torch.cuda.max_memory_allocated() - base
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        print(json.dumps({{"seconds": best, "peak_bytes": peak}}))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
