@@ -4,9 +4,9 @@ import functools
 
 import pytest
 import torch
-from empirical_zoo import ZOO, brute_ntk, make
 
 import ntkit as nk
+from tests.empirical.empirical_zoo import ZOO, brute_ntk, make
 
 IMPLS = ["jacobian", "ntvp", "structured", "auto"]
 MODES = ["full", "trace", "diagonal", "sum_logits", "logit"]

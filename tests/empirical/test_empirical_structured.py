@@ -3,13 +3,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from empirical_zoo import brute_ntk, make
 from torch import nn
 
 import ntkit as nk
 from ntkit.empirical.factors import Kron, OneHot, contract, materialize
 from ntkit.empirical.functional import functionalize, transform_safe
 from ntkit.empirical.structured import _REGISTRY, profile
+from tests.empirical.empirical_zoo import brute_ntk, make
 
 
 def _rel(a, b):
