@@ -135,8 +135,8 @@ def _empirical_ntk(fm, x1, x2, mode, logit, implementation, per_parameter, max_m
     names = list(fm.params) if per_parameter else None
     out = _compute(impl, fm, prof, x1, x2, spec, ests[impl].plan, names)
     if per_parameter:
-        return {n: spec.finalize(t).contiguous().to(out_device) for n, t in out.items()}
-    return spec.finalize(out).contiguous().to(out_device)
+        return {n: spec.finalize(t).to(out_device) for n, t in out.items()}
+    return spec.finalize(out).to(out_device)
 
 
 def _compute(impl, fm, prof, x1, x2, spec: ModeSpec, plan, names):
