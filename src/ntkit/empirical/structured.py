@@ -454,28 +454,54 @@ class StructuredFeaturizer:
         return out, list(state.inputs)
 
     def _cotangents_batched(self, x, directions):
-        """One batched forward pass; vjp in the probes, vectorised over the directions."""
+        """One batched forward pass, then the cotangents of all probes for all directions
+        from one batched backward pass (``torch.autograd.grad(is_grads_batched=True)``; a
+        loop over the directions where an operator has no batching rule).
+        """
         prof, fm = self.prof, self.prof.fm
-        n = x.shape[0]
-        params = {nm: fm.params[nm] for nm in fm.params}
+        n, k = x.shape[0], directions.shape[0]
         probes = [
-            torch.zeros((n, *c.out_shape[1:]), dtype=directions.dtype, device=directions.device)
+            torch.zeros(
+                (n, *c.out_shape[1:]),
+                dtype=directions.dtype,
+                device=directions.device,
+                requires_grad=True,
+            )
             for c in prof.calls
         ]
         state = _ProbeState()
-
-        def h(pr):
-            out, inputs = self._run(state, pr, params, x)
-            return out.reshape(n, -1), inputs
-
         handles = self._hooked(state)
         try:
-            _, pullback, inputs = vjp(h, probes, has_aux=True)
-            cot = directions[:, None, :].expand(directions.shape[0], n, directions.shape[1])
-            (g_probes,) = vmap(pullback)(cot)
+            with torch.enable_grad():
+                out, inputs = self._run(state, probes, fm.params, x)
         finally:
             for hd in handles:
                 hd.remove()
+        out = out.reshape(n, -1)
+        inputs = [t.detach() for t in inputs]
+        if not probes:
+            return [], inputs
+        if not out.requires_grad:  # the output does not depend on any covered module
+            return [
+                torch.zeros((n, k, *p.shape[1:]), dtype=p.dtype, device=p.device) for p in probes
+            ], [t.unsqueeze(1) for t in inputs]
+        cot = directions[:, None, :].expand(k, n, directions.shape[1])
+        try:
+            grads = torch.autograd.grad(
+                out, probes, cot, retain_graph=True, allow_unused=True, is_grads_batched=True
+            )
+        except RuntimeError:
+            per_dir = [
+                torch.autograd.grad(out, probes, cot[a], retain_graph=True, allow_unused=True)
+                for a in range(k)
+            ]
+            grads = [
+                None if gs[0] is None else torch.stack(gs) for gs in zip(*per_dir, strict=True)
+            ]
+        g_probes = [
+            torch.zeros((k, *p.shape), dtype=p.dtype, device=p.device) if g is None else g
+            for g, p in zip(grads, probes, strict=True)
+        ]
         # present them as a per-sample pass would: the module saw a batch of one
         return [g.transpose(0, 1).unsqueeze(2) for g in g_probes], [t.unsqueeze(1) for t in inputs]
 
