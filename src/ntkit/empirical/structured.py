@@ -454,9 +454,10 @@ class StructuredFeaturizer:
         return out, list(state.inputs)
 
     def _cotangents_batched(self, x, directions):
-        """One batched forward pass, then the cotangents of all probes for all directions
-        from one batched backward pass (``torch.autograd.grad(is_grads_batched=True)``; a
-        loop over the directions where an operator has no batching rule).
+        """Cotangents of all probes for all directions from one batched forward pass.
+
+        One batched backward pass (``torch.autograd.grad(is_grads_batched=True)``; a loop
+        over the directions where an operator has no batching rule).
         """
         prof, fm = self.prof, self.prof.fm
         n, k = x.shape[0], directions.shape[0]
