@@ -181,11 +181,14 @@ def test_small_memory_budget_chunks_and_gives_the_same_kernel(name, impl):
     from ntkit.empirical.cost import estimate
 
     model, x1, x2 = make(name)
-    for mode, other in [("full", x2), ("full", None), ("trace", None), ("diagonal", None)]:
+    cases = [("full", x2), ("full", None), ("trace", None), ("diagonal", None)]
+    if name != "mlp":  # slower models: one asymmetric and one symmetric case
+        cases = [("full", x2), ("trace", None)]
+    for mode, other in cases:
         want = nk.empirical_ntk(model, x1, other, mode=mode, implementation=impl)
         peak, prof, spec = _all_at_once_peak(model, x1, other, mode, impl)
         n2 = x1.shape[0] if other is None else other.shape[0]
-        for frac in (0.3, 0.5, 0.7, 0.9):  # the smallest budget that still fits
+        for frac in (0.8, 0.6, 0.4, 0.25):  # a budget below the all-at-once peak that fits
             budget = int(peak * frac)
             est = estimate(prof, spec, x1.shape[0], n2, other is None, 8, budget, "cpu")
             if impl in est:
