@@ -405,7 +405,10 @@ class StructuredFeaturizer:
             ``key -> factor`` with ``key`` a parameter name (or a tuple of names when fused).
         """
         prof = self.prof
-        if prof.batched:
+        if not prof.calls:  # no rule applies: only the generic per-sample Jacobians
+            g_probes, inputs = [], []
+            g_generic = per_sample_jacobians(prof.fm, x, directions)
+        elif prof.batched:
             g_probes, inputs = self._cotangents_batched(x, directions)
             g_generic = self._generic_jacobians(x, directions)
         else:
