@@ -9,7 +9,7 @@ import ntkit as nk
 from ntkit.empirical.factors import Kron, OneHot, contract, materialize
 from ntkit.empirical.functional import functionalize, transform_safe
 from ntkit.empirical.structured import _REGISTRY, profile
-from tests.empirical.empirical_zoo import brute_ntk, make
+from tests.empirical.empirical_zoo import brute_jacobian, brute_ntk, make
 
 
 def _rel(a, b):
@@ -285,3 +285,19 @@ def test_zoo_models_take_the_batched_path():
         model, x1, _ = make(name)
         with transform_safe():
             assert profile(functionalize(model), x1[:2]).batched, name
+
+
+def test_block_symmetric_grams_on_a_large_symmetric_kernel():
+    """n K >= 640 rows and width >= 128 take the block-triangular Gram path + mirror."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 130), nn.Tanh(), nn.Linear(130, 10)).double()
+    x = torch.randn(70, 5, dtype=torch.float64)
+    j = brute_jacobian(model, x)
+    want = torch.einsum("iap,jbp->ijab", j, j)
+    for impl in ("structured", "jacobian"):
+        got = nk.empirical_ntk(model, x, mode="full", implementation=impl)
+        assert _rel(got, want) < 1e-12, impl
+        assert torch.equal(got, got.permute(1, 0, 3, 2))
+    from ntkit.empirical.factors import sym_bounds
+
+    assert sym_bounds(70 * 10) is not None

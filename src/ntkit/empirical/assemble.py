@@ -199,10 +199,14 @@ def assemble(
                         add(key, r, a, s, b, block, mirror=sym and si > ri)
                     del f2
             del f1
-    if single and sym and how != "diag":
+    if sym and how != "diag":
         side = n1 * (k if how == "full" else 1)
         for t in results.values():
-            mirror_lower(t.view(side, side))
+            if single:
+                mirror_lower(t.view(side, side))
+            else:
+                flat = t.view(side, side)
+                flat.copy_((flat + flat.T) / 2)
     if names is None:
         return results[None] if None in results else torch.zeros(shape, dtype=dtype, device=device)
     return {

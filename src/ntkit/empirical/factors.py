@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 #: Rows per block when a symmetric Gram matrix is computed block-triangularly.
-_SYM_MIN_ROWS = 512
+_SYM_MIN_ROWS = 320
 #: Largest temporary (entries) of a positions-by-positions Gram contraction.
 _TEMP_ENTRIES = 2**24
 
@@ -121,7 +121,7 @@ def sym_bounds(n: int) -> list[int] | None:
     """Row-block bounds of a symmetric ``(n, n)`` Gram computed block-triangularly."""
     if n < 2 * _SYM_MIN_ROWS:
         return None
-    nb = min(4, n // _SYM_MIN_ROWS)
+    nb = min(8, n // _SYM_MIN_ROWS)
     return [round(i * n / nb) for i in range(nb + 1)]
 
 
@@ -147,13 +147,20 @@ def gram(a: torch.Tensor, b: torch.Tensor, sym: bool) -> torch.Tensor:
 
 
 def mirror_lower(m: torch.Tensor) -> torch.Tensor:
-    """Fill the lower row blocks of a square ``m`` from its upper blocks (in place)."""
-    bounds = sym_bounds(m.shape[0])
-    if bounds is None:
-        return m
-    for r in range(1, len(bounds) - 1):
+    """Make a square ``m`` exactly symmetric (in place).
+
+    The lower row blocks of :func:`sym_bounds` are copied from the upper ones, and each
+    diagonal block is replaced by ``(B + B^T) / 2`` (matrix products are not bitwise
+    symmetric).
+    """
+    n = m.shape[0]
+    bounds = sym_bounds(n) or [0, n]
+    for r in range(len(bounds) - 1):
         rs = slice(bounds[r], bounds[r + 1])
-        m[rs, : bounds[r]] = m[: bounds[r], rs].T
+        blk = m[rs, rs]
+        blk.copy_((blk + blk.T) / 2)
+        if r:
+            m[rs, : bounds[r]] = m[: bounds[r], rs].T
     return m
 
 
