@@ -140,6 +140,8 @@ def time_call(fn, x, device, budget_s: float = 6.0, max_repeats: int = 5) -> flo
     _sync(device)
     first = time.perf_counter() - t0
     best = math.inf
+    if first > 5 * budget_s:  # long runs: one-time costs are negligible, do not repeat
+        return first
     repeats = 1 if first > budget_s else max_repeats
     spent = 0.0
     for _ in range(repeats):
@@ -212,31 +214,39 @@ def run(device: torch.device, cases: list[str], memory: bool) -> list[dict]:
         print(f"\n== {case}: n={n}, params={n_params:,}, device={device} ==", flush=True)
         for mode in MODES:
             for impl in IMPLS:
-                chosen = []
-                real = nk_api.choose
+                chosen, ests = [], []
+                real_choose, real_estimate = nk_api.choose, nk_api.estimate
 
-                def spy(est, real=real, chosen=chosen):
+                def spy_choose(est, real=real_choose, chosen=chosen):
                     chosen.append(real(est))
                     return chosen[-1]
 
-                nk_api.choose = spy
+                def spy_estimate(*a, real=real_estimate, ests=ests, **kw):
+                    ests.append(real(*a, **kw))
+                    return ests[-1]
+
+                nk_api.choose, nk_api.estimate = spy_choose, spy_estimate
                 try:
                     t = time_call(kernel_fn(model, impl, mode), x, device)
                 finally:
-                    nk_api.choose = real
+                    nk_api.choose, nk_api.estimate = real_choose, real_estimate
                 mem = measure_memory(case, impl, mode, device) if memory else None
+                used = chosen[0] if chosen else impl
+                est = ests[0][used].peak_bytes if ests and used in ests[0] else None
                 row = {
                     "case": case,
                     "mode": mode,
                     "impl": impl,
                     "seconds": t,
                     "peak_bytes": mem,
+                    "planned_bytes": est,
                     "chose": chosen[0] if chosen else "",
                 }
                 rows.append(row)
                 extra = f" (chose {row['chose']})" if impl == "auto" else ""
                 print(
-                    f"{case:4s} {mode:10s} {impl:10s} {t:9.4f} s  {_mib(mem):>8s} MiB{extra}",
+                    f"{case:4s} {mode:10s} {impl:10s} {t:9.4f} s  {_mib(mem):>8s} MiB "
+                    f"(planned {_mib(est)} MiB){extra}",
                     flush=True,
                 )
     return rows
@@ -293,8 +303,9 @@ def markdown(rows: list[dict], device: torch.device) -> str:
         "",
         f"`python benchmarks/empirical_ntk.py --device {device.type}` on {where}; torch "
         f"{torch.__version__}; {datetime.date.today().isoformat()}. float32, x2 = None.",
-        "Time: best of repeated calls after a warm-up (seconds). Peak: extra memory of one call "
-        "(MiB; CPU: resident-set peak in a fresh subprocess; CUDA: max_memory_allocated).",
+        "Time: best of repeated calls after a warm-up (seconds; calls over 30 s run once). "
+        "Peak: extra memory of one call (MiB; CPU: resident-set peak in a fresh subprocess; "
+        "CUDA: max_memory_allocated); in brackets the memory ntkit planned for it.",
         "`recipe` is the plain torch.func recipe (vmap(jacrev) then einsum) in the same "
         "process; `auto (->x)` names the implementation the cost model chose.",
         "",
@@ -308,7 +319,8 @@ def markdown(rows: list[dict], device: torch.device) -> str:
             for impl in IMPLS:
                 r = by[(case, mode, impl)]
                 name = f" (->{r['chose']})" if impl == "auto" else ""
-                cells.append(f"{r['seconds']:.3f} s / {_mib(r['peak_bytes'])} MiB{name}")
+                plan = f" ({_mib(r['planned_bytes'])})" if r.get("planned_bytes") else ""
+                cells.append(f"{r['seconds']:.3f} s / {_mib(r['peak_bytes'])}{plan} MiB{name}")
             out.append(f"| {case} | {mode} | " + " | ".join(cells) + " |")
     out += ["", *summary(rows), ""]
     return "\n".join(out)
