@@ -8,7 +8,8 @@ from torch import nn
 import ntkit as nk
 from ntkit.empirical.factors import Kron, OneHot, contract, materialize
 from ntkit.empirical.functional import functionalize, transform_safe
-from ntkit.empirical.structured import _REGISTRY, profile
+from ntkit.empirical.profile import profile
+from ntkit.empirical.structured import _REGISTRY
 from tests.empirical.empirical_zoo import brute_jacobian, brute_ntk, make
 
 
@@ -301,3 +302,19 @@ def test_block_symmetric_grams_on_a_large_symmetric_kernel():
     from ntkit.empirical.factors import sym_bounds
 
     assert sym_bounds(70 * 10) is not None
+
+
+def test_profile_cache_follows_structural_changes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).double()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    first = _profile(model, x)
+    assert set(first.covered) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    again = _profile(model, x)
+    assert again.covered == first.covered and again.fm is not first.fm
+    model[0] = LinearWithNoise(4, 3).double()  # replaced submodule: analysed afresh
+    assert set(_profile(model, x).generic) == {"0.weight", "0.bias"}
+    with torch.no_grad():  # new parameter values: same profile, kernels follow the values
+        model[2].weight.mul_(2.0)
+    got = nk.empirical_ntk(model, x, implementation="structured")
+    assert _rel(got, brute_ntk(model, x)) < 1e-12

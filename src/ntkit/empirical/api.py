@@ -11,7 +11,8 @@ from ntkit.empirical.cost import IMPLEMENTATIONS, choose, estimate
 from ntkit.empirical.functional import FunctionalModel, functionalize, transform_safe
 from ntkit.empirical.jacobian import JacobianFeaturizer
 from ntkit.empirical.modes import ModeSpec, mode_spec
-from ntkit.empirical.structured import StructuredFeaturizer, feature_bytes, profile
+from ntkit.empirical.profile import profile
+from ntkit.empirical.structured import StructuredFeaturizer, feature_bytes
 from ntkit.empirical.vector_products import ntvp_kernel, ntvp_plan, vector_product
 from ntkit.kernel import Kernel
 from ntkit.settings import default_max_memory, format_bytes

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from ntkit.empirical.assemble import ChunkPlan, plan_chunks
 from ntkit.empirical.factors import kron_strategy, sym_bounds
 from ntkit.empirical.modes import ModeSpec
-from ntkit.empirical.structured import ModelProfile, feature_bytes
+from ntkit.empirical.profile import ModelProfile
+from ntkit.empirical.structured import feature_bytes
 from ntkit.empirical.vector_products import ntvp_plan
 
 __all__ = ["IMPLEMENTATIONS", "CostEstimate", "choose", "estimate"]
