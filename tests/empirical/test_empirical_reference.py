@@ -145,3 +145,12 @@ def test_all_pairs_of_implementations_agree_on_a_larger_cnn():
         for a in IMPLS:
             for b in IMPLS:
                 assert _rel(got[a].double(), got[b].double()) < 1e-5, (mode, a, b)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_diagonal_with_x2_pairs_rows(impl):
+    model, x1, _, _, _ = _case("resblock")
+    x2 = torch.randn(x1.shape, dtype=x1.dtype, generator=torch.Generator().manual_seed(3))
+    full = brute_ntk(model, x1, x2)
+    got = nk.empirical_ntk(model, x1, x2, mode="diagonal", implementation=impl)
+    assert _rel(got, full.diagonal(dim1=0, dim2=1).permute(2, 0, 1)) < 1e-12
