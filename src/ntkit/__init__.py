@@ -4,7 +4,7 @@ Infinite-width NNGP/NTK kernels of layer descriptions (:mod:`ntkit.layers`), emp
 of any ``torch.nn.Module``, and what the kernels say about training.
 """
 
-from ntkit import layers
+from ntkit import layers, predict
 from ntkit.empirical import (
     empirical_ntk,
     linearize,
@@ -14,6 +14,14 @@ from ntkit.empirical import (
     taylor_expand,
 )
 from ntkit.kernel import Kernel
+from ntkit.predict import (
+    gp_posterior,
+    gradient_descent,
+    gradient_descent_mse,
+    gradient_descent_mse_ensemble,
+    kernel_regression,
+    max_learning_rate,
+)
 
 __version__ = "0.1.0"
 
@@ -23,8 +31,15 @@ __all__ = [
     "empirical_ntk",
     "layers",
     "linearize",
+    "gp_posterior",
+    "gradient_descent",
+    "gradient_descent_mse",
+    "gradient_descent_mse_ensemble",
+    "kernel_regression",
+    "max_learning_rate",
     "monte_carlo_kernel",
     "ntk_vp",
+    "predict",
     "register_rule",
     "taylor_expand",
 ]

@@ -27,6 +27,7 @@ from ntkit.layers.activations import (
     Sign,
     Sin,
 )
+from ntkit.layers.attention import GlobalSelfAttention
 from ntkit.layers.base import Layer, LayerSpecError
 from ntkit.layers.combinators import (
     FanInConcat,
@@ -39,14 +40,21 @@ from ntkit.layers.combinators import (
     repeat,
     serial,
 )
+from ntkit.layers.conv import Conv
 from ntkit.layers.dense import Dense, Flatten, Identity
+from ntkit.layers.dropout import Dropout
+from ntkit.layers.normalization import LayerNorm
+from ntkit.layers.pooling import AvgPool, GlobalAvgPool, GlobalSumPool, SumPool
 
 __all__ = [
     "ABReLU",
     "Abs",
     "Activation",
+    "AvgPool",
+    "Conv",
     "Cos",
     "Dense",
+    "Dropout",
     "Elementwise",
     "Erf",
     "Exp",
@@ -57,9 +65,13 @@ __all__ = [
     "Flatten",
     "GELU",
     "Gaussian",
+    "GlobalAvgPool",
+    "GlobalSelfAttention",
+    "GlobalSumPool",
     "Hermite",
     "Identity",
     "Layer",
+    "LayerNorm",
     "LayerSpecError",
     "LeakyReLU",
     "Monomial",
@@ -71,6 +83,7 @@ __all__ = [
     "Serial",
     "Sign",
     "Sin",
+    "SumPool",
     "parallel",
     "repeat",
     "serial",

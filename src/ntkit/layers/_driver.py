@@ -9,16 +9,19 @@ variances), so the ``(n1, n2)`` kernel is computed tile by tile:
    covariance only where a later layer needs it);
 3. size the tiles so result + working memory stay inside ``max_memory``, or refuse with the
    estimate;
-4. per block of rows, compute the input covariance (one matrix product), then run the
-   layers on cache-sized tiles. With ``x2=None`` only the upper triangle is computed and
-   mirrored, so the result is exactly symmetric.
+4. per tile of ``r x c`` pairs, compute the input covariance (one matrix product) and the
+   variances, then run the layers; on CPU, tiles run concurrently, one per torch thread.
+   With ``x2=None`` only the upper triangle is computed and mirrored, so the result is
+   exactly symmetric.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -28,39 +31,98 @@ from ntkit.layers._spatial import transpose_pair
 from ntkit.layers.base import Layer, LayerSpecError
 from ntkit.settings import default_kernel_dtype, default_max_memory, format_bytes
 
-#: Tile size (kernel entries) for the layer chain on CPU: keeps tiles in cache.
+#: Tile size (kernel entries) for the layer chain on CPU: 2 MiB float64 arrays, cache-sized.
 CPU_TILE_ENTRIES = 2**18
+#: Fewest pairs per tile when the budget allows (4 x 4): every tile also pushes its rows' and
+#: columns' variances through the layers, r + c per r x c pairs, which for big spatial
+#: kernels (16x16 images: 65536 entries per pair) would otherwise double the work.
+MIN_TILE_PAIRS = 16
 #: Tile size on CUDA: large tiles amortize kernel launches.
 CUDA_TILE_ENTRIES = 2**26
-#: Rows per block of the input covariance (one matrix product per block).
-BLOCK_ROWS = 256
+#: On CPU, compute tiles concurrently (one per torch thread, each single-threaded).
+PARALLEL_TILES = True
 
-_recorder: list[list[tuple[float, int]]] = []
+_recorder: list[list[tuple[float, int, str]]] = []
 
 
 def record_footprint(layer: Layer, k) -> None:
     """During a probe run, record (working entries, kernel entries) per pair of ``k``.
 
-    Working entries are ``layer.memory_factor`` x the entries per pair of the input kernel.
+    Working entries come from ``layer.working_entries(k)`` (by default ``memory_factor``
+    x the entries per pair of the input kernel).
     """
     if not _recorder:
         return
     kernels = k if isinstance(k, list) else [k]
-    entries = sum(_entries_per_pair(ki) for ki in kernels)
-    _recorder[-1].append((layer.memory_factor * entries, entries))
+    entries = sum(entries_per_pair(ki) for ki in kernels)
+    _recorder[-1].append((float(layer.working_entries(k)), entries, repr(layer)))
 
 
-def _entries_per_pair(k: Kernel) -> int:
+def entries_per_pair(k: Kernel) -> int:
+    """Entries of ``k.nngp`` per ``(x1, x2)`` pair (the product of its spatial axes)."""
     return math.prod(k.nngp.shape[2:])
 
 
+_entries_per_pair = entries_per_pair
+
+
 @contextlib.contextmanager
-def _recording() -> Iterator[list[tuple[float, int]]]:
+def _recording() -> Iterator[list[tuple[float, int, str]]]:
     _recorder.append([])
     try:
         yield _recorder[-1]
     finally:
         _recorder.pop()
+
+
+# ----------------------------------------------------------------------------- host memory
+#: Keep freed tile buffers in the process heap while a kernel is computed (glibc only).
+#: Every tile allocates and frees arrays of megabytes; glibc returns them to the OS and
+#: the next tile page-faults them back in, which on virtual machines costs more than the
+#: arithmetic (measured: 2-3x slower CNN kernels). Set to False to leave malloc alone.
+RETAIN_HEAP = True
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_libc = None
+
+
+def _glibc():
+    global _libc
+    if _libc is None:
+        _libc = False
+        try:
+            import ctypes
+            import ctypes.util
+            import platform
+
+            if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+                _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        except (OSError, AttributeError):
+            _libc = False
+    return _libc
+
+
+@contextlib.contextmanager
+def _retained_heap(enabled: bool) -> Iterator[None]:
+    """Serve large CPU allocations from the heap and do not trim it, then trim once.
+
+    Afterwards the trim threshold returns to glibc's default (128 KiB) and ``malloc_trim``
+    hands the freed memory back, so the process does not keep the peak. The mmap threshold
+    stays at 32 MiB (setting it ends glibc's dynamic adjustment, which moves it towards that
+    value anyway once large blocks have been freed).
+    """
+    libc = _glibc() if (enabled and RETAIN_HEAP) else False
+    if not libc:
+        yield
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's maximum
+    libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)  # an int: the largest
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_TRIM_THRESHOLD, 128 * 2**10)
+        libc.malloc_trim(0)
 
 
 def _parse_get(get) -> bool:
@@ -162,15 +224,18 @@ def compute_kernel(
         diagonal_spatial = all(diagonal_spatial)
     diagonal_spatial = bool(diagonal_spatial) and x1.ndim > 2
 
-    var1 = input_variances(x1, diagonal_spatial)
-    var2 = var1 if symmetric else input_variances(x2, diagonal_spatial)
+    n1, n2 = x1.shape[0], x2.shape[0]
+    device = x1.device
+    itemsize = torch.finfo(dtype).bits // 8
+    budget = default_max_memory(device) if max_memory is None else int(max_memory)
+    _check_one_pair_fits(x1, diagonal_spatial, want_ntk, itemsize, budget)
 
     # Probe one pair: validates the description and records working memory per pair.
     with _recording() as footprints:
         probe_in = _input_kernel(
             input_covariance(x1[:1], x2[:1], diagonal_spatial),
-            var1[:1],
-            var2[:1],
+            input_variances(x1[:1], diagonal_spatial),
+            input_variances(x2[:1], diagonal_spatial),
             in_shape,
             diagonal_spatial,
             want_ntk,
@@ -181,40 +246,21 @@ def compute_kernel(
     if isinstance(probe, list):
         raise LayerSpecError("the network ends with several streams; close them with a FanIn.")
 
-    n1, n2 = x1.shape[0], x2.shape[0]
-    itemsize = torch.finfo(dtype).bits // 8
-    out_entries = _entries_per_pair(probe)
-    n_out = 2 if want_ntk else 1
-    result_bytes = n1 * n2 * out_entries * itemsize * n_out
-    pair_bytes = max([w for w, _ in footprints] + [1.0]) * itemsize
-    device = x1.device
-    budget = default_max_memory(device) if max_memory is None else int(max_memory)
-    working = budget - result_bytes
-    if working < pair_bytes:
-        raise ValueError(
-            f"max_memory={format_bytes(budget)} cannot hold this kernel: the result needs "
-            f"{format_bytes(result_bytes)} ({n1} x {n2} pairs x {out_entries} entries x "
-            f"{n_out} kernel(s) x {itemsize} bytes) and one pair of inputs needs "
-            f"{format_bytes(pair_bytes)} of working memory, so at least "
-            f"{format_bytes(result_bytes + pair_bytes)} is required. Raise max_memory, "
-            "use get='nngp', float32, or split x1/x2 into batches."
-        )
-    max_pairs = max(1, int(working // pair_bytes))
-    target = CUDA_TILE_ENTRIES if device.type == "cuda" else CPU_TILE_ENTRIES
-    entries_in = _entries_per_pair(probe_in)
-    widest = max([entries_in, out_entries] + [e for _, e in footprints])  # entries per pair
-    tile_pairs = max(1, min(max_pairs, int(target // widest)))
-    tile_cols = min(n2, tile_pairs)
-    tile_rows = max(1, min(n1, tile_pairs // tile_cols))
-    block_rows = tile_rows * max(1, BLOCK_ROWS // tile_rows)
-    # the input covariance block must fit next to the working tiles
-    max_block_rows = max(
-        tile_rows, int((working // 2) // max(1, tile_cols * entries_in * itemsize))
+    plan = _plan(
+        n1,
+        n2,
+        symmetric=symmetric,
+        entries_in=_entries_per_pair(probe_in),
+        entries_out=_entries_per_pair(probe),
+        cov_entries_in=math.prod(probe_in.cov1.shape[1:]),
+        cov_entries_out=math.prod(probe.cov1.shape[1:]),
+        footprints=footprints,
+        n_kernels=2 if want_ntk else 1,
+        itemsize=itemsize,
+        budget=budget,
+        target=CUDA_TILE_ENTRIES if device.type == "cuda" else CPU_TILE_ENTRIES,
+        workers=_workers(device),
     )
-    block_rows = min(block_rows, max_block_rows, n1)
-    if symmetric:  # the block's same-batch square must lie inside one column chunk
-        block_rows = min(block_rows, tile_cols)
-
     out_nngp = torch.empty((n1, n2, *probe.nngp.shape[2:]), dtype=dtype, device=device)
     out_ntk = torch.empty_like(out_nngp) if want_ntk else None
     out_cov1 = torch.empty((n1, *probe.cov1.shape[1:]), dtype=dtype, device=device)
@@ -223,49 +269,20 @@ def compute_kernel(
     )
     n_sp = len(probe.shape) - 1
 
-    for i0 in range(0, n1, block_rows):
-        i1 = min(n1, i0 + block_rows)
-        for j0 in range(i0 if symmetric else 0, n2, tile_cols):
-            j1 = min(n2, j0 + tile_cols)
-            block = input_covariance(x1[i0:i1], x2[j0:j1], diagonal_spatial)
-            if symmetric and j0 == i0:
-                _fix_diagonal_square(
-                    block, var1[i0:i1], n_sp_in=x1.ndim - 2, diagonal_spatial=diagonal_spatial
-                )
-            for a0 in range(i0, i1, tile_rows):
-                a1 = min(i1, a0 + tile_rows)
-                k_in = _input_kernel(
-                    block[a0 - i0 : a1 - i0],
-                    var1[a0:a1],
-                    var2[j0:j1],
-                    in_shape,
-                    diagonal_spatial,
-                    want_ntk,
-                    symmetric,
-                    a0 - j0,
-                )
-                k_out = net.apply_kernel(k_in)
-                out_nngp[a0:a1, j0:j1] = k_out.nngp
-                if want_ntk:
-                    out_ntk[a0:a1, j0:j1] = k_out.ntk
-                out_cov1[a0:a1] = k_out.cov1
-                if symmetric:
-                    out_nngp[j0:j1, a0:a1] = transpose_pair(
-                        k_out.nngp, n_sp, probe.diagonal_spatial
-                    )
-                    if want_ntk:
-                        out_ntk[j0:j1, a0:a1] = transpose_pair(
-                            k_out.ntk, n_sp, probe.diagonal_spatial
-                        )
-                elif a0 == 0:
-                    out_cov2[j0:j1] = k_out.cov2
-    if symmetric:
-        for i0 in range(0, n1, block_rows):
-            i1 = min(n1, i0 + block_rows)
-            for out in (out_nngp, out_ntk) if want_ntk else (out_nngp,):
-                square = out[i0:i1, i0:i1]
-                square.copy_((square + transpose_pair(square, n_sp, probe.diagonal_spatial)) / 2)
-
+    workers = min(_workers(device), plan.n_tiles)
+    with _retained_heap(device.type == "cpu"):
+        _fill(
+            net,
+            x1,
+            x2,
+            _Outputs(out_nngp, out_ntk, out_cov1, out_cov2, n_sp, probe.diagonal_spatial),
+            plan,
+            symmetric=symmetric,
+            diagonal_spatial=diagonal_spatial,
+            want_ntk=want_ntk,
+            in_shape=in_shape,
+            workers=workers,
+        )
     return probe.replace(
         nngp=out_nngp,
         ntk=out_ntk,
@@ -274,6 +291,236 @@ def compute_kernel(
         x1_is_x2=symmetric,
         pair_shift=0,
     )
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    nngp: torch.Tensor
+    ntk: torch.Tensor | None
+    cov1: torch.Tensor
+    cov2: torch.Tensor | None
+    n_spatial: int
+    diagonal: bool
+
+
+def _workers(device: torch.device) -> int:
+    """Tiles computed concurrently: one per CPU thread (each single-threaded), 1 on GPUs."""
+    if device.type != "cpu" or not PARALLEL_TILES:
+        return 1
+    return max(1, torch.get_num_threads())
+
+
+def _tiles(n1: int, n2: int, plan, symmetric: bool) -> Iterator[tuple[int, int, int, int]]:
+    """``(a0, a1, j0, j1)`` row/column ranges; upper triangle only when symmetric.
+
+    With ``x2 = x1`` every row range's first column range starts at its first row, so the
+    same-batch square lies inside that tile (``tile_rows <= tile_cols``).
+    """
+    for a0 in range(0, n1, plan.tile_rows):
+        a1 = min(n1, a0 + plan.tile_rows)
+        for j0 in range(a0 if symmetric else 0, n2, plan.tile_cols):
+            yield a0, a1, j0, min(n2, j0 + plan.tile_cols)
+
+
+def _fill(
+    net,
+    x1,
+    x2,
+    out: _Outputs,
+    plan,
+    *,
+    symmetric,
+    diagonal_spatial,
+    want_ntk,
+    in_shape,
+    workers: int,
+) -> None:
+    """Compute every tile of the result into the preallocated outputs.
+
+    Tiles write disjoint parts of the outputs (the same-batch squares are symmetrized at
+    the end), so on CPU they run concurrently in ``workers`` threads, each with one torch
+    thread: no per-operation synchronization between cores, and a busy core delays only its
+    own tile.
+    """
+    n1, n2 = x1.shape[0], x2.shape[0]
+
+    def tile(a0, a1, j0, j1):
+        var_rows = input_variances(x1[a0:a1], diagonal_spatial)
+        block = input_covariance(x1[a0:a1], x2[j0:j1], diagonal_spatial)
+        if symmetric and j0 == a0:
+            var_cols = torch.cat([var_rows, input_variances(x2[a1:j1], diagonal_spatial)])
+            _fix_diagonal_square(
+                block, var_rows, n_sp_in=x1.ndim - 2, diagonal_spatial=diagonal_spatial
+            )
+        else:
+            var_cols = input_variances(x2[j0:j1], diagonal_spatial)
+        k_in = _input_kernel(
+            block, var_rows, var_cols, in_shape, diagonal_spatial, want_ntk, symmetric, a0 - j0
+        )
+        del block
+        k_out = net.apply_kernel(k_in)
+        del k_in
+        out.nngp[a0:a1, j0:j1] = k_out.nngp
+        if want_ntk:
+            out.ntk[a0:a1, j0:j1] = k_out.ntk
+        if j0 == (a0 if symmetric else 0):
+            out.cov1[a0:a1] = k_out.cov1
+        if symmetric:
+            # mirror the columns outside the same-batch square (symmetrized below)
+            c0 = a1 - j0 if j0 == a0 else 0
+            if c0 < j1 - j0:
+                for src, dst in ((k_out.nngp, out.nngp), (k_out.ntk, out.ntk)):
+                    if src is not None:
+                        dst[j0 + c0 : j1, a0:a1] = transpose_pair(
+                            src[:, c0:], out.n_spatial, out.diagonal
+                        )
+        elif a0 == 0:
+            out.cov2[j0:j1] = k_out.cov2
+
+    tiles = _tiles(n1, n2, plan, symmetric)
+    if workers <= 1:
+        for t in tiles:
+            tile(*t)
+    else:
+        _run_parallel(tile, tiles, workers)
+    if symmetric:
+        for a0 in range(0, n1, plan.tile_rows):
+            a1 = min(n1, a0 + plan.tile_rows)
+            for t in (out.nngp, out.ntk) if want_ntk else (out.nngp,):
+                square = t[a0:a1, a0:a1]
+                square.copy_((square + transpose_pair(square, out.n_spatial, out.diagonal)) / 2)
+
+
+def _run_parallel(fn, tiles, workers: int) -> None:
+    """Run ``fn(*tile)`` for all tiles in ``workers`` threads with one torch thread each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = torch.get_num_threads()
+
+    def single_threaded():
+        torch.set_num_threads(1)
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers, initializer=single_threaded) as pool:
+            pending: collections.deque = collections.deque()
+            for t in tiles:  # at most 2 tiles per worker queued: bounded memory
+                pending.append(pool.submit(fn, *t))
+                if len(pending) >= 2 * workers:
+                    pending.popleft().result()  # re-raises a tile's error
+            while pending:
+                pending.popleft().result()
+    finally:
+        torch.set_num_threads(threads)  # the workers changed torch's global setting
+
+
+def _check_one_pair_fits(x1, diagonal_spatial, want_ntk, itemsize, budget) -> None:
+    """Refuse before any work when the input kernel of ONE pair already exceeds the budget.
+
+    A pair's input kernel holds ``prod(spatial)^2`` entries in the full layout (every
+    location against every location), e.g. 2.5e9 for 224 x 224 images.
+    """
+    spatial = tuple(x1.shape[2:])
+    per_pair = math.prod(spatial) ** (1 if diagonal_spatial else 2)
+    need = per_pair * itemsize * (4 if want_ntk else 3)  # nngp, ntk, cov1, cov2
+    if need > budget:
+        layout = "same-location" if diagonal_spatial else "location-by-location"
+        raise ValueError(
+            f"max_memory={format_bytes(budget)} cannot hold this kernel: one pair of inputs "
+            f"of spatial shape {spatial} has a {layout} covariance of {per_pair} entries, and "
+            f"its input kernel alone needs {format_bytes(need)} (working memory comes on "
+            "top). Splitting the batch cannot help: raise max_memory, use dtype=torch.float32 "
+            "or get='nngp', downsample the inputs, or end the network with Flatten (which "
+            "only needs same-location covariances)."
+        )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    tile_rows: int
+    tile_cols: int
+    n_tiles: int
+
+
+def _plan(
+    n1: int,
+    n2: int,
+    *,
+    symmetric: bool,
+    entries_in: int,
+    entries_out: int,
+    cov_entries_in: int,
+    cov_entries_out: int,
+    footprints: list,
+    n_kernels: int,
+    itemsize: int,
+    budget: int,
+    target: int,
+    workers: int,
+) -> _Plan:
+    """Choose tiles so that result + working memory stay inside ``budget`` bytes.
+
+    Memory model (bytes): the result ``n1 n2 entries_out n_kernels`` and the output
+    variances; per tile of ``r x c`` pairs (``workers`` tiles at a time), the input kernel
+    ``r c entries_in`` and the largest layer's working entries per pair times
+    ``r c + (r + c) / 2`` (the variances go through the layers too).
+
+    Raises:
+        ValueError: not even one pair fits next to the result, with the numbers and
+            the largest ``x1`` batch that would fit.
+    """
+    pair_work = max([w for w, *_ in footprints] + [float(entries_in)])
+    pair_bytes = (pair_work + entries_in) * itemsize
+    per_row = (n2 * entries_out * n_kernels + cov_entries_out) * itemsize
+    kernel_bytes = n1 * n2 * entries_out * n_kernels * itemsize
+    x2_part = 0 if symmetric else n2 * cov_entries_out * itemsize
+    variance_bytes = n1 * cov_entries_out * itemsize + x2_part
+    result_bytes = kernel_bytes + variance_bytes
+    # smallest possible step: a 1 x 1 tile, its input pair and both variances
+    one_pair = 2.0 * pair_bytes + 2 * cov_entries_in * itemsize
+    working = budget - result_bytes
+    if working < one_pair:
+        largest = max(footprints, key=lambda f: f[0]) if footprints else None
+        who = (
+            f" (the largest layer, {largest[2]}, needs {largest[0] / max(largest[1], 1):.1f} x "
+            f"{largest[1]} entries per pair)"
+            if largest
+            else ""
+        )
+        fits_rows = int((budget - one_pair - x2_part) // per_row)
+        if fits_rows >= 1:
+            advice = (
+                f"With this budget at most {min(fits_rows, n1 - 1)} rows of x1 fit against the "
+                f"{n2} of x2: pass x1 in batches of that size"
+            )
+        else:
+            advice = "Splitting the batch cannot help at this budget"
+        raise ValueError(
+            f"max_memory={format_bytes(budget)} cannot hold this kernel: the result needs "
+            f"{format_bytes(kernel_bytes)} ({n1} x {n2} pairs x {entries_out} entries x "
+            f"{n_kernels} kernel(s) x {itemsize} bytes) and its variances "
+            f"{format_bytes(variance_bytes)}, and one pair of inputs needs "
+            f"{format_bytes(one_pair)} of working memory{who}, so at least "
+            f"{format_bytes(result_bytes + one_pair)} is required. {advice}; or raise "
+            "max_memory, use get='nngp' or dtype=torch.float32."
+        )
+    # pairs per tile: within the budget (shared by the concurrent tiles) and cache-sized
+    per_worker = working / max(1, workers)
+    max_pairs = max(1, int(per_worker / pair_bytes - 1))
+    widest = max([entries_in, entries_out] + [e for _, e, *_ in footprints])
+    tile_pairs = max(1, min(max_pairs, max(int(target // widest), MIN_TILE_PAIRS)))
+    if tile_pairs >= n2:
+        tile_cols = n2
+        tile_rows = max(1, min(n1, tile_pairs // n2))
+    else:  # square-ish tiles: the variances' work, r + c per tile, stays small
+        tile_cols = max(1, min(n2, math.isqrt(tile_pairs)))
+        tile_rows = max(1, min(n1, tile_pairs // tile_cols))
+    if symmetric:  # the same-batch square must lie inside a row range's first tile
+        tile_rows = min(tile_rows, tile_cols)
+    row_tiles = -(-n1 // tile_rows)
+    n_tiles = row_tiles * -(-n2 // tile_cols)
+    if symmetric:
+        n_tiles = sum(-(-(n2 - a0) // tile_cols) for a0 in range(0, n1, tile_rows))
+    return _Plan(tile_rows, tile_cols, n_tiles)
 
 
 def _fix_diagonal_square(block, var, *, n_sp_in: int, diagonal_spatial: bool) -> None:

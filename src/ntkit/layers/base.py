@@ -76,6 +76,18 @@ class Layer(ABC):
         """
         return diagonal_spatial
 
+    def working_entries(self, k: KernelOrList) -> float:
+        """Peak working memory of :meth:`kernel_rule`, in kernel entries per input pair.
+
+        Used to plan tiles. The default is ``memory_factor`` x the entries per pair of the
+        input kernel(s); layers whose temporaries grow with their geometry (padding,
+        windows) override it.
+        """
+        from ntkit.layers._driver import entries_per_pair
+
+        kernels = k if isinstance(k, list) else [k]
+        return self.memory_factor * sum(entries_per_pair(ki) for ki in kernels)
+
     # --- derived -----------------------------------------------------------------------
     def apply_kernel(self, k: KernelOrList) -> KernelOrList:
         """Run :meth:`kernel_rule`, recording the tile footprint for memory planning."""

@@ -174,6 +174,9 @@ class Flatten(Layer):
     Same order as ``torch.flatten(x, 1)``. The kernel of the flattened features is the
     average over locations of the per-location kernels, so only the same-location
     (diagonal) spatial covariance is needed upstream. On ``(n, features)`` it is the identity.
+    With more than one location the output is not Gaussian in the kernel's sense (features
+    at different locations have different variances), so a Dense layer must follow before
+    any activation.
     """
 
     memory_factor = 1.0
@@ -206,6 +209,9 @@ class Flatten(Layer):
             cov2=mean_locations(k.cov2, False),
             shape=(math.prod(k.shape),),
             diagonal_spatial=False,
+            # features at different locations have different variances: the averaged
+            # kernel is not the covariance of a Gaussian with one variance per sample
+            is_gaussian=k.is_gaussian and math.prod(k.shape[1:]) == 1,
         )
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from ntkit._validation import check_finite
+from ntkit.predict._checks import KernelSystem, as_float_tensor, null_cutoff, resolve_ridge
 
 __all__ = ["kernel_regression", "solve_psd"]
-
-
-def _as_tensor(x, name: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        try:
-            x = torch.as_tensor(x)
-        except Exception as err:  # noqa: BLE001 - re-raised with context
-            raise TypeError(f"{name} must be a tensor or array; got {type(x).__name__}.") from err
-    if not x.is_floating_point():
-        x = x.to(torch.float64)
-    check_finite(x, name)
-    return x
 
 
 def solve_psd(k: torch.Tensor, y: torch.Tensor, *, ridge: float = 0.0) -> torch.Tensor:
@@ -26,7 +15,12 @@ def solve_psd(k: torch.Tensor, y: torch.Tensor, *, ridge: float = 0.0) -> torch.
 
     With ``ridge > 0`` a Cholesky solve is tried first. Without ridge (or if Cholesky fails)
     the minimum-norm solution comes from an eigendecomposition, discarding eigenvalues below
-    ``n * eps * lambda_max`` (a stable pseudo-inverse, finite for singular kernels).
+    ``n * eps * lambda_max`` (a stable pseudo-inverse, finite for singular kernels; negative
+    eigenvalues of a matrix that is not PSD are discarded too). On the CPU the Cholesky
+    factor overwrites one copy of ``k + ridge I`` (peak: one extra ``n x n`` matrix).
+
+    No loss convention enters: this is linear algebra (kernel regression under either
+    ``(1/2) sum`` or ``(1/2) mean`` of squared errors has the same minimizer).
 
     Args:
         k: ``(n, n)`` symmetric PSD matrix.
@@ -35,18 +29,55 @@ def solve_psd(k: torch.Tensor, y: torch.Tensor, *, ridge: float = 0.0) -> torch.
 
     Returns:
         ``(n, m)`` solution.
+
+    Raises:
+        ValueError: non-square ``k``, mismatched ``y``, NaN/Inf, negative ridge.
     """
-    n = k.shape[0]
-    eye = torch.eye(n, dtype=k.dtype, device=k.device)
+    k = as_float_tensor(k, "k")
+    y = as_float_tensor(y, "y", dtype=k.dtype, device=k.device)
+    if k.ndim != 2 or k.shape[0] != k.shape[1]:
+        raise ValueError(f"k must be square (n, n); got {tuple(k.shape)}.")
+    if y.ndim != 2 or y.shape[0] != k.shape[0]:
+        raise ValueError(f"y must be (n, m) with n = {k.shape[0]}; got {tuple(y.shape)}.")
+    ridge = resolve_ridge(ridge, None, k)
     if ridge > 0:
-        chol, info = torch.linalg.cholesky_ex(k + ridge * eye)
-        if int(info) == 0:
-            return torch.cholesky_solve(y, chol)
-    evals, evecs = torch.linalg.eigh((k + k.T) / 2 + ridge * eye)
-    cutoff = n * torch.finfo(k.dtype).eps * evals.abs().max()
-    keep = evals > cutoff
+        out = _cholesky_solve(k, y, ridge)
+        if out is not None:
+            return out
+    a = k.clone()
+    a.diagonal().add_(ridge)
+    evals, evecs = torch.linalg.eigh((a + a.T) / 2)
+    del a
+    keep = evals > null_cutoff(evals)
     inv = torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)), 0.0)
     return evecs @ (inv[:, None] * (evecs.T @ y))
+
+
+def _cholesky_solve(k: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor | None:
+    """Cholesky solve of ``(k + ridge I) a = y`` holding one extra copy of ``k``.
+
+    On the CPU, LAPACK factors the copy in place (through scipy); elsewhere torch allocates
+    the factor next to it. Returns ``None`` when ``k + ridge I`` is not positive definite.
+    """
+    a = k.clone()
+    a.diagonal().add_(ridge)
+    if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64):
+        import scipy.linalg
+
+        arr = a.numpy()  # C-contiguous and symmetric: arr.T is the same matrix, F-contiguous
+        try:
+            factor = scipy.linalg.cho_factor(
+                arr.T, lower=False, overwrite_a=True, check_finite=False
+            )
+        except np.linalg.LinAlgError:
+            return None
+        sol = scipy.linalg.cho_solve(factor, y.numpy(), check_finite=False)
+        return torch.from_numpy(np.ascontiguousarray(sol)).to(y.dtype)
+    chol, info = torch.linalg.cholesky_ex(a)
+    del a
+    if int(info) != 0:
+        return None
+    return torch.cholesky_solve(y, chol)
 
 
 def kernel_regression(
@@ -59,40 +90,33 @@ def kernel_regression(
 ) -> torch.Tensor:
     """Kernel regression predictions ``k(x, X) (K + lambda I)^+ Y``.
 
+    This is the posterior mean of :func:`~ntkit.predict.gp_posterior` with noise
+    ``lambda`` and the ``t = inf`` limit of :func:`~ntkit.predict.gradient_descent_mse`
+    from zero initial outputs, under either loss convention (``(1/2) sum`` or ``(1/2) mean``
+    of squared errors: the minimizer does not depend on it, ``lambda`` is on the kernel's
+    scale). Ridgeless (``lambda = 0``) uses a pseudo-inverse that discards eigenvalues
+    ``<= n * eps * lambda_max``, so singular kernels (duplicated inputs) give finite,
+    minimum-norm results.
+
     Args:
-        k_train_train: ``(n, n)`` training kernel.
-        y_train: ``(n,)`` or ``(n, m)`` targets.
-        k_test_train: ``(n_test, n)`` kernel between test and training inputs.
+        k_train_train: ``(n, n)`` training kernel (or a full ``(n, n, O, O)`` kernel).
+        y_train: ``(n,)`` or ``(n, m)`` targets (``(n, O)`` with a full kernel).
+        k_test_train: ``(n_test, n)`` kernel between test and training inputs
+            (``(n_test, n, O, O)`` with a full kernel).
         ridge: Absolute ridge ``lambda``; 0 (default) is ridgeless (stable pseudo-inverse).
         ridge_relative: If given, ``lambda = ridge_relative * mean(diag K)`` (and ``ridge``
             must be 0): a ridge that scales with the kernel.
 
     Returns:
-        ``(n_test, m)`` predictions (``(n_test,)`` for 1-D targets).
+        ``(n_test, m)`` predictions (``(n_test,)`` for 1-D targets, ``(n_test, O)`` with a
+        full kernel), in the kernel's dtype.
 
     Raises:
         ValueError: mismatched shapes, negative ridge, both ridges given, NaN/Inf.
     """
-    k = _as_tensor(k_train_train, "k_train_train")
-    kt = _as_tensor(k_test_train, "k_test_train").to(k.dtype)
-    y = _as_tensor(y_train, "y_train").to(k.dtype)
-    if k.ndim != 2 or k.shape[0] != k.shape[1]:
-        raise ValueError(f"k_train_train must be square (n, n); got {tuple(k.shape)}.")
-    n = k.shape[0]
-    squeeze = y.ndim == 1
-    y2 = y[:, None] if squeeze else y
-    if y2.ndim != 2 or y2.shape[0] != n:
-        raise ValueError(f"y_train must be (n,) or (n, m) with n = {n}; got {tuple(y.shape)}.")
-    if kt.ndim != 2 or kt.shape[1] != n:
-        raise ValueError(f"k_test_train must be (n_test, {n}); got {tuple(kt.shape)}.")
-    if ridge < 0 or (ridge_relative is not None and ridge_relative < 0):
-        raise ValueError(
-            f"ridges must be >= 0; got ridge={ridge}, ridge_relative={ridge_relative}."
-        )
-    if ridge_relative is not None:
-        if ridge:
-            raise ValueError("give either ridge (absolute) or ridge_relative, not both.")
-        ridge = float(ridge_relative) * float(torch.diagonal(k).mean())
-    alpha = solve_psd(k, y2, ridge=float(ridge))
-    out = kt @ alpha
-    return out[:, 0] if squeeze else out
+    sys = KernelSystem.from_kernel(k_train_train)
+    sys, y = sys.targets(y_train)
+    kt = sys.cross(k_test_train)
+    lam = resolve_ridge(ridge, ridge_relative, sys.k)
+    alpha = solve_psd(sys.k, y, ridge=lam)
+    return sys.unflatten(kt @ alpha)

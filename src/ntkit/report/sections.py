@@ -83,8 +83,10 @@ def regression_section(ctx: ReportContext) -> Section:
         acc = accuracy(pred, d.labels_test)
         ctx.results[f"test accuracy {name.upper()} regression"] = acc
         rows.append([name.upper(), f"{acc:.4f}", f"{ctx.timings[f'regression {name}']:.3f}"])
-    ridge = "ridgeless (pseudo-inverse)" if not cfg.ridge_relative else (
-        f"ridge = {cfg.ridge_relative} x mean diagonal"
+    ridge = (
+        "ridgeless (pseudo-inverse)"
+        if not cfg.ridge_relative
+        else (f"ridge = {cfg.ridge_relative} x mean diagonal")
     )
     return Section(
         title="Kernel regression",
@@ -103,7 +105,9 @@ def spectrum_section(ctx: ReportContext) -> Section:
         evals = torch.linalg.eigvalsh(getattr(k, name)).flip(0).clamp_min(1e-300)
         ax.loglog(torch.arange(1, evals.numel() + 1), evals, label=name.upper())
         cond = float(evals[0] / evals[-1])
-        rows.append([name.upper(), f"{float(evals[0]):.4g}", f"{float(evals[-1]):.4g}", f"{cond:.3g}"])
+        rows.append(
+            [name.upper(), f"{float(evals[0]):.4g}", f"{float(evals[-1]):.4g}", f"{cond:.3g}"]
+        )
     ax.set_xlabel("index")
     ax.set_ylabel("eigenvalue")
     ax.legend()
@@ -125,9 +129,13 @@ def timing_section(ctx: ReportContext) -> Section:
     )
 
 
+from ntkit.report.training import gp_section, training_curve_section  # noqa: E402
+
 DEFAULT_SECTIONS: list[Callable[[ReportContext], Section]] = [
     data_section,
     regression_section,
+    gp_section,
+    training_curve_section,
     spectrum_section,
     timing_section,
 ]

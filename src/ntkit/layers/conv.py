@@ -1,0 +1,335 @@
+"""Convolutions over 1-D, 2-D and 3-D inputs (channels-first, as in torch).
+
+A convolution with independent weights per tap maps the covariance of every pair of
+locations ``(s, s')`` to the average over taps ``a`` of the covariance of the input
+locations ``(s + a, s' + a)`` (Novak et al. 2019, arXiv 1810.05148; Arora et al. 2019,
+arXiv 1904.11955). Per spatial axis pair this is a *diagonal* window sum, which ntkit
+evaluates with ``kernel_size`` strided slice additions per axis (no unfold, no padded
+copies for zero padding). With only same-location covariances (``diagonal_spatial``, when
+a ``Flatten`` readout follows) it is an ordinary sliding-window sum of the diagonal.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ntkit.kernel import Kernel
+from ntkit.layers import _init
+from ntkit.layers._spatial import (
+    AxisWindow,
+    check_padding,
+    pair_window_sum,
+    resolve_windows,
+    window_sum,
+)
+from ntkit.layers.base import Layer, LayerSpecError, Shape
+from ntkit.layers.dense import check_parameterization, check_std
+
+__all__ = ["Conv", "ConvNTK", "SpatialPad"]
+
+_CONV_FNS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_TORCH_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def spatial_input(who: str, in_shape: Shape) -> tuple[int, tuple[int, ...]]:
+    """Split a per-sample shape ``(C, *spatial)`` with 1 to 3 spatial axes.
+
+    Raises:
+        LayerSpecError: several streams, vector features, or more than 3 spatial axes.
+    """
+    if not isinstance(in_shape, tuple):
+        raise LayerSpecError(f"{who} expects a single stream; got shapes {in_shape}.")
+    if len(in_shape) < 2 or len(in_shape) > 4:
+        raise LayerSpecError(
+            f"{who} expects channels-first inputs (n, C, L), (n, C, H, W) or (n, C, D, H, W); "
+            f"got per-sample shape {in_shape}."
+        )
+    return in_shape[0], tuple(in_shape[1:])
+
+
+def flat_pads(windows: list[AxisWindow]) -> list[int]:
+    """``F.pad`` argument (last axis first) for the windows' ``(lo, hi)`` paddings."""
+    pads: list[int] = []
+    for w in reversed(windows):
+        pads += [w.lo, w.hi]
+    return pads
+
+
+class SpatialPad(nn.Module):
+    """Zero or circular padding of the spatial axes of ``(n, C, *spatial)``.
+
+    Args:
+        pads: ``F.pad`` amounts, last spatial axis first.
+        circular: Wrap around instead of zeros.
+    """
+
+    def __init__(self, pads: list[int], circular: bool):
+        super().__init__()
+        self.pads = list(pads)
+        self.circular = bool(circular)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(n, C, *spatial)`` -> ``(n, C, *padded)``."""
+        if not any(self.pads):
+            return x
+        return F.pad(x, self.pads, mode="circular" if self.circular else "constant")
+
+    def extra_repr(self) -> str:
+        return f"pads={self.pads}, circular={self.circular}"
+
+
+class ConvNTK(nn.Module):
+    """Convolution in NTK parameterization: ``y = (w_std / sqrt(fan_in)) W * pad(x) + b_std b``.
+
+    ``weight`` ``(C_out, C_in, *kernel_size)`` and ``bias`` ``(C_out,)`` are standard normal at
+    initialization; ``fan_in = C_in * prod(kernel_size)``.
+
+    Args:
+        in_channels: ``C_in``.
+        out_channels: ``C_out``.
+        kernel_size: One size per spatial axis.
+        stride: One stride per spatial axis.
+        pads: ``F.pad`` amounts (last spatial axis first).
+        circular: Circular instead of zero padding.
+        w_std: Weight standard deviation.
+        b_std: Bias standard deviation; ``None`` means no bias.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, ...],
+        stride: tuple[int, ...],
+        pads: list[int],
+        circular: bool,
+        w_std: float,
+        b_std: float | None,
+    ):
+        super().__init__()
+        self.kernel_size = tuple(kernel_size)
+        self.stride = tuple(stride)
+        self.pad = SpatialPad(pads, circular)
+        self.w_std = float(w_std)
+        self.b_std = None if b_std is None else float(b_std)
+        self.fan_in = in_channels * math.prod(kernel_size)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *kernel_size))
+        if b_std is None:
+            self.register_parameter("bias", None)
+        else:
+            self.bias = nn.Parameter(torch.empty(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(n, C_in, *spatial)`` -> ``(n, C_out, *out_spatial)``."""
+        conv = _CONV_FNS[len(self.kernel_size)]
+        y = conv(self.pad(x), self.weight, stride=self.stride)
+        y = y * (self.w_std / math.sqrt(self.fan_in))
+        if self.bias is not None:
+            y = y + self.b_std * self.bias.view(1, -1, *([1] * len(self.kernel_size)))
+        return y
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.weight.shape[1]}, {self.weight.shape[0]}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, w_std={self.w_std}, b_std={self.b_std}"
+        )
+
+
+def patch_sum(t: torch.Tensor | None, batch_axes: int, windows, diagonal: bool):
+    """The convolution's window sum of a covariance over every spatial axis (pair).
+
+    Args:
+        t: ``(n1, n2, H, H', W, W')`` / ``(n, H, H', W, W')`` (full) or ``(n1, n2, H, W)`` /
+            ``(n, H, W)`` (diagonal); ``None`` passes through.
+        batch_axes: 2 for ``nngp``/``ntk``, 1 for ``cov1``/``cov2``.
+        windows: One :class:`AxisWindow` per spatial axis.
+        diagonal: Whether ``t`` holds only same-location entries.
+
+    Returns:
+        The un-normalized sum over taps (divide by ``prod(kernel_size)`` for the average).
+    """
+    if t is None:
+        return None
+    for i, w in enumerate(windows):
+        if diagonal:
+            t = window_sum(t, batch_axes + i, w)
+        else:
+            t = pair_window_sum(t, batch_axes + 2 * i, w)
+    return t
+
+
+def _affine_in_place(
+    k: Kernel, *, w2: float, b_std, parameterization: str, fan_in: int, out_shape
+) -> Kernel:
+    """:func:`ntkit.layers.dense.affine_kernel` on freshly allocated tensors, in place.
+
+    ``nngp = w2 q + b^2``; NTK parameterization ``ntk = nngp + w2 ntk``; standard
+    ``ntk = fan_in q + w2 ntk (+ 1 with a bias)``, with ``q`` the summed input covariance.
+    """
+    b2 = 0.0 if b_std is None else b_std**2
+
+    def affine(t):
+        if t is None:
+            return None
+        t.mul_(w2)
+        return t.add_(b2) if b2 else t
+
+    ntk = k.ntk
+    if ntk is not None:
+        if parameterization == "ntk":
+            ntk.mul_(w2)  # + nngp below, once it is final
+        else:
+            ntk.mul_(w2).add_(k.nngp, alpha=float(fan_in))
+            if b_std is not None:
+                ntk.add_(1.0)
+    nngp = affine(k.nngp)
+    if ntk is not None and parameterization == "ntk":
+        ntk.add_(nngp)
+    return k.replace(
+        nngp=nngp,
+        ntk=ntk,
+        cov1=affine(k.cov1),
+        cov2=affine(k.cov2),
+        shape=out_shape,
+        is_gaussian=True,
+        independent=True,
+    )
+
+
+class Conv(Layer):
+    """Convolution over ``(n, C, L)``, ``(n, C, H, W)`` or ``(n, C, D, H, W)`` inputs.
+
+    NTK parameterization (default): ``y = (w_std / sqrt(fan_in)) W * x + b_std b`` with
+    standard normal ``W`` and ``b`` and ``fan_in = C_in * prod(kernel_size)``. Standard
+    parameterization: ``torch.nn.ConvNd`` with ``W ~ N(0, w_std^2 / fan_in)`` and
+    ``b ~ N(0, b_std^2)``. The NNGP of output locations ``(s, s')`` is
+    ``w_std^2 * mean_a q(s*stride + a - lo, s'*stride + a - lo) + b_std^2`` (zero outside the
+    input, or wrapped for circular padding); the NTK follows :func:`affine_kernel`.
+
+    Args:
+        out_channels: Output channels (the width that goes to infinity).
+        kernel_size: Window size, an int for every spatial axis or one per axis.
+        stride: Step between output locations, int or one per axis.
+        padding: ``"valid"`` (default, as torch's ``padding=0``), ``"same"`` (zeros; output
+            length ``ceil(length / stride)``, extra padding after for even kernels, as
+            torch), ``"circular"`` (the same amounts, wrapped around as on a torus), or an
+            int / tuple of zero paddings on both sides (as torch).
+        w_std: Weight standard deviation ``sigma_w``.
+        b_std: Bias standard deviation; ``None`` (default) means no bias.
+        parameterization: ``"ntk"`` or ``"standard"``.
+    """
+
+    memory_factor = 7.0
+
+    def __init__(
+        self,
+        out_channels: int,
+        kernel_size,
+        *,
+        stride=1,
+        padding="valid",
+        w_std: float = 1.0,
+        b_std: float | None = None,
+        parameterization: str = "ntk",
+    ):
+        if isinstance(out_channels, bool) or int(out_channels) != out_channels or out_channels < 1:
+            raise ValueError(f"Conv out_channels must be a positive integer; got {out_channels}.")
+        self.out_channels = int(out_channels)
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = check_padding(padding)
+        self.w_std = check_std(w_std, "w_std", allow_none=False)
+        self.b_std = check_std(b_std, "b_std", allow_none=True)
+        self.parameterization = check_parameterization(parameterization)
+        # validate sizes early (the spatial rank is checked against the input later)
+        for name, value in (("kernel_size", kernel_size), ("stride", stride)):
+            if isinstance(value, int) and (isinstance(value, bool) or value < 1):
+                raise ValueError(f"Conv {name} must be positive; got {value!r}.")
+
+    def _windows(self, lengths: tuple[int, ...]) -> list[AxisWindow]:
+        return resolve_windows(repr(self), lengths, self.kernel_size, self.stride, self.padding)
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        _channels, lengths = spatial_input(repr(self), in_shape)
+        return (self.out_channels, *(w.out for w in self._windows(lengths)))
+
+    def working_entries(self, k: Kernel) -> float:
+        _, lengths = spatial_input(repr(self), k.shape)
+        windows = self._windows(lengths)
+        largest = 1.0
+        grown = 1.0
+        for w in windows:
+            padded = w.length + (w.lo + w.hi if w.circular else 0)
+            grown *= (max(padded, w.out) / w.length) ** (1 if k.diagonal_spatial else 2)
+            largest = max(largest, grown)
+        entries = math.prod(k.nngp.shape[2:])
+        return self.memory_factor * largest * entries
+
+    def kernel_rule(self, k: Kernel) -> Kernel:
+        channels, lengths = spatial_input(repr(self), k.shape)
+        windows = self._windows(lengths)
+        diagonal = k.diagonal_spatial
+        taps = math.prod(w.size for w in windows)
+        summed = k.replace(
+            nngp=patch_sum(k.nngp, 2, windows, diagonal),
+            ntk=patch_sum(k.ntk, 2, windows, diagonal),
+            cov1=patch_sum(k.cov1, 1, windows, diagonal),
+            cov2=patch_sum(k.cov2, 1, windows, diagonal),
+        )
+        # The tap average's 1/taps is folded into the weight variance, and the standard
+        # parameterization's fan_in * mean becomes C_in * sum. The summed tensors are
+        # fresh, so the affine map runs in place (same numbers as ``affine_kernel``).
+        return _affine_in_place(
+            summed,
+            w2=self.w_std**2 / taps,
+            b_std=self.b_std,
+            parameterization=self.parameterization,
+            fan_in=channels,
+            out_shape=(self.out_channels, *(w.out for w in windows)),
+        )
+
+    def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
+        channels, lengths = spatial_input(repr(self), in_shape)
+        windows = self._windows(lengths)
+        sizes = tuple(w.size for w in windows)
+        strides = tuple(w.stride for w in windows)
+        circular = windows[0].circular
+        pads = flat_pads(windows)
+        fan_in = channels * math.prod(sizes)
+        wshape = (self.out_channels, channels, *sizes)
+        if self.parameterization == "ntk":
+            mod = ConvNTK(
+                channels, self.out_channels, sizes, strides, pads, circular, self.w_std, self.b_std
+            )
+            mod.weight.copy_(_init.normal(wshape, generator))
+            if mod.bias is not None:
+                mod.bias.copy_(_init.normal((self.out_channels,), generator))
+            return mod
+        symmetric = all(w.lo == w.hi for w in windows)
+        conv = _TORCH_CONVS[len(sizes)](
+            channels,
+            self.out_channels,
+            sizes,
+            stride=strides,
+            padding=tuple(w.lo for w in windows) if symmetric else 0,
+            padding_mode="circular" if circular else "zeros",
+            bias=self.b_std is not None,
+            dtype=torch.float64,
+        )
+        conv.weight.copy_(_init.normal(wshape, generator, self.w_std / math.sqrt(fan_in)))
+        if conv.bias is not None:
+            conv.bias.copy_(_init.normal((self.out_channels,), generator, self.b_std))
+        if symmetric:
+            return conv
+        return nn.Sequential(SpatialPad(pads, circular), conv)
+
+    def __repr__(self) -> str:
+        return (
+            f"Conv({self.out_channels}, {self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding!r}, w_std={self.w_std}, b_std={self.b_std}, "
+            f"parameterization={self.parameterization!r})"
+        )
