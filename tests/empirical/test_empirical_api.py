@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from empirical_zoo import make
 from torch import nn
 
 import ntkit as nk
 from ntkit import layers as L
+from tests.empirical.empirical_zoo import make
 
 
 def _rel(a, b):

@@ -3,13 +3,14 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from empirical_zoo import brute_ntk, make
 from torch import nn
 
 import ntkit as nk
 from ntkit.empirical.factors import Kron, OneHot, contract, materialize
 from ntkit.empirical.functional import functionalize, transform_safe
-from ntkit.empirical.structured import _REGISTRY, profile
+from ntkit.empirical.profile import profile
+from ntkit.empirical.structured import _REGISTRY
+from tests.empirical.empirical_zoo import brute_jacobian, brute_ntk, make
 
 
 def _rel(a, b):
@@ -181,11 +182,14 @@ def test_small_memory_budget_chunks_and_gives_the_same_kernel(name, impl):
     from ntkit.empirical.cost import estimate
 
     model, x1, x2 = make(name)
-    for mode, other in [("full", x2), ("full", None), ("trace", None), ("diagonal", None)]:
+    cases = [("full", x2), ("full", None), ("trace", None), ("diagonal", None)]
+    if name != "mlp":  # slower models: one asymmetric and one symmetric case
+        cases = [("full", x2), ("trace", None)]
+    for mode, other in cases:
         want = nk.empirical_ntk(model, x1, other, mode=mode, implementation=impl)
         peak, prof, spec = _all_at_once_peak(model, x1, other, mode, impl)
         n2 = x1.shape[0] if other is None else other.shape[0]
-        for frac in (0.3, 0.5, 0.7, 0.9):  # the smallest budget that still fits
+        for frac in (0.8, 0.6, 0.4, 0.25):  # a budget below the all-at-once peak that fits
             budget = int(peak * frac)
             est = estimate(prof, spec, x1.shape[0], n2, other is None, 8, budget, "cpu")
             if impl in est:
@@ -230,3 +234,87 @@ def test_auto_prefers_structured_for_a_wide_mlp():
     for mode in ["full", "trace", "sum_logits"]:
         est = estimate(prof, mode_spec(mode, None, 10), 128, 128, True, 4, 2**32, "cpu")
         assert choose(est) == "structured"
+
+
+class SeqFirst(nn.Module):
+    """Inner layers see (L, n, d): the batch is not on the leading axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 4)
+        self.ln = nn.LayerNorm(4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):  # x: (n, L, 3)
+        h = self.ln(torch.tanh(self.lin(x.transpose(0, 1))))  # (L, n, 4)
+        return self.out(h.mean(0))
+
+
+class Centering(nn.Module):
+    """Couples the samples of a batch (subtracts the batch mean)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.lin(x))
+        return self.out(h - h.mean(0, keepdim=True))
+
+
+@pytest.mark.parametrize("cls", [SeqFirst, Centering])
+def test_models_that_need_the_per_sample_path(cls):
+    torch.manual_seed(0)
+    model = cls().double()
+    shape = (5, 3) if cls is SeqFirst else (3,)
+    x1 = torch.randn(4, *shape, dtype=torch.float64)
+    x2 = torch.randn(3, *shape, dtype=torch.float64)
+    with transform_safe():
+        prof = profile(functionalize(model), x1[:2])
+    assert not prof.batched
+    assert set(prof.covered) == {n for n, _ in model.named_parameters()}
+    want = brute_ntk(model, x1, x2)  # one sample at a time
+    for mode in ("full", "trace"):
+        got = nk.empirical_ntk(model, x1, x2, mode=mode, implementation="structured")
+        ref = want if mode == "full" else torch.einsum("ijaa->ij", want)
+        assert _rel(got, ref) < 1e-12
+
+
+def test_zoo_models_take_the_batched_path():
+    for name in ("mlp", "cnn", "resblock", "attention", "multiout"):
+        model, x1, _ = make(name)
+        with transform_safe():
+            assert profile(functionalize(model), x1[:2]).batched, name
+
+
+def test_block_symmetric_grams_on_a_large_symmetric_kernel():
+    """n K >= 640 rows and width >= 128 take the block-triangular Gram path + mirror."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 130), nn.Tanh(), nn.Linear(130, 10)).double()
+    x = torch.randn(70, 5, dtype=torch.float64)
+    j = brute_jacobian(model, x)
+    want = torch.einsum("iap,jbp->ijab", j, j)
+    for impl in ("structured", "jacobian"):
+        got = nk.empirical_ntk(model, x, mode="full", implementation=impl)
+        assert _rel(got, want) < 1e-12, impl
+        assert torch.equal(got, got.permute(1, 0, 3, 2))
+    from ntkit.empirical.factors import sym_bounds
+
+    assert sym_bounds(70 * 10) is not None
+
+
+def test_profile_cache_follows_structural_changes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).double()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    first = _profile(model, x)
+    assert set(first.covered) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    again = _profile(model, x)
+    assert again.covered == first.covered and again.fm is not first.fm
+    model[0] = LinearWithNoise(4, 3).double()  # replaced submodule: analysed afresh
+    assert set(_profile(model, x).generic) == {"0.weight", "0.bias"}
+    with torch.no_grad():  # new parameter values: same profile, kernels follow the values
+        model[2].weight.mul_(2.0)
+    got = nk.empirical_ntk(model, x, implementation="structured")
+    assert _rel(got, brute_ntk(model, x)) < 1e-12

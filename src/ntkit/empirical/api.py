@@ -11,7 +11,8 @@ from ntkit.empirical.cost import IMPLEMENTATIONS, choose, estimate
 from ntkit.empirical.functional import FunctionalModel, functionalize, transform_safe
 from ntkit.empirical.jacobian import JacobianFeaturizer
 from ntkit.empirical.modes import ModeSpec, mode_spec
-from ntkit.empirical.structured import StructuredFeaturizer, feature_bytes, profile
+from ntkit.empirical.profile import profile
+from ntkit.empirical.structured import StructuredFeaturizer, feature_bytes
 from ntkit.empirical.vector_products import ntvp_kernel, ntvp_plan, vector_product
 from ntkit.kernel import Kernel
 from ntkit.settings import default_max_memory, format_bytes
@@ -112,7 +113,8 @@ def empirical_ntk(
 
 def _empirical_ntk(fm, x1, x2, mode, logit, implementation, per_parameter, max_memory, out_device):
     dtype, device = _model_place(fm)
-    prof = profile(fm, x1[:1], use_rules=implementation in ("structured", "auto"))
+    pair = x1[:2] if (x1.shape[0] >= 2 or x2 is None) else torch.cat([x1[:1], x2[:1]])
+    prof = profile(fm, pair, use_rules=implementation in ("structured", "auto"))
     spec = mode_spec(mode, logit, prof.out_numel)
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
@@ -134,8 +136,8 @@ def _empirical_ntk(fm, x1, x2, mode, logit, implementation, per_parameter, max_m
     names = list(fm.params) if per_parameter else None
     out = _compute(impl, fm, prof, x1, x2, spec, ests[impl].plan, names)
     if per_parameter:
-        return {n: spec.finalize(t).contiguous().to(out_device) for n, t in out.items()}
-    return spec.finalize(out).contiguous().to(out_device)
+        return {n: spec.finalize(t).to(out_device) for n, t in out.items()}
+    return spec.finalize(out).to(out_device)
 
 
 def _compute(impl, fm, prof, x1, x2, spec: ModeSpec, plan, names):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ntkit.empirical.factors import contract
+from ntkit.empirical.factors import contract, mirror_lower
 from ntkit.empirical.modes import ModeSpec
 from ntkit.settings import format_bytes
 
@@ -195,10 +195,18 @@ def assemble(
                     same = si == ri and bi == ai and (sym or how == "diag" and x2 is None)
                     f2 = f1 if same else featurize(xb[s], c_all[b])
                     for key, fa in f1.items():
-                        block = contract(fa, f2[key], how, sym=same and how != "diag")
+                        block = contract(fa, f2[key], how, sym=same and single and how != "diag")
                         add(key, r, a, s, b, block, mirror=sym and si > ri)
                     del f2
             del f1
+    if sym and how != "diag":
+        side = n1 * (k if how == "full" else 1)
+        for t in results.values():
+            if single:
+                mirror_lower(t.view(side, side))
+            else:
+                flat = t.view(side, side)
+                flat.copy_((flat + flat.T) / 2)
     if names is None:
         return results[None] if None in results else torch.zeros(shape, dtype=dtype, device=device)
     return {

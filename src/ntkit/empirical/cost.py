@@ -25,20 +25,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ntkit.empirical.assemble import ChunkPlan, plan_chunks
-from ntkit.empirical.factors import kron_strategy
+from ntkit.empirical.factors import kron_strategy, sym_bounds
 from ntkit.empirical.modes import ModeSpec
-from ntkit.empirical.structured import ModelProfile, feature_bytes
+from ntkit.empirical.profile import ModelProfile
+from ntkit.empirical.structured import feature_bytes
 from ntkit.empirical.vector_products import ntvp_plan
 
 __all__ = ["IMPLEMENTATIONS", "CostEstimate", "choose", "estimate"]
 
 IMPLEMENTATIONS = ("jacobian", "ntvp", "structured")
 
-#: FLOP/s of large matrix products, of vectorised autodiff passes, and seconds per pass.
+#: Throughputs per device: FLOP/s of matrix products (contractions), FLOP/s of vectorised
+#: forward/backward passes, bytes/s of the data movement that materialises per-sample
+#: Jacobians or input patches, and seconds of overhead per pass.
 _THROUGHPUT = {
-    "cpu": {"matmul": 6e10, "autodiff": 2e10, "pass": 2e-3},
-    "cuda": {"matmul": 2e13, "autodiff": 4e12, "pass": 2e-4},
+    "cpu": {"matmul": 8e10, "autodiff": 4e10, "bytes": 1e9, "pass": 2e-3},
+    "cuda": {"matmul": 2e13, "autodiff": 5e12, "bytes": 2e11, "pass": 3e-4},
 }
+
+
+#: Cost of one Jacobian-vector product vectorised over kernel columns, in forward passes.
+_JVP = 5.0
 
 
 @dataclass(frozen=True)
@@ -51,29 +58,43 @@ class CostEstimate:
     plan: object
 
 
+def _sym(rows: int, d: int, sym: bool) -> float:
+    """Share of a Gram matrix's FLOPs computed when it is symmetric (see ``factors.gram``)."""
+    bounds = sym_bounds(rows) if sym and d >= 128 else None
+    if bounds is None:
+        return 1.0
+    nb = len(bounds) - 1
+    return (nb + 1) / (2 * nb)
+
+
 def _contract_flops(spec: ModeSpec, n1: int, n2: int, sym: bool, k: int, d: int) -> float:
     """FLOPs of contracting per-sample Jacobians of size ``d``."""
     if spec.how == "diag":
         return 2.0 * n1 * k * k * d
-    pairs = n1 * n2 * (0.6 if sym and n1 * k >= 1024 else 1.0)
-    return 2.0 * pairs * (k if spec.how == "trace" else k * k) * d
+    if spec.how == "trace":
+        return 2.0 * n1 * n2 * k * d * _sym(n1, k * d, sym)
+    return 2.0 * n1 * n2 * k * k * d * _sym(n1 * k, d, sym)
 
 
-def _structured_contract_flops(
+def _structured_costs(
     prof: ModelProfile, spec: ModeSpec, n1: int, n2: int, sym: bool, k: int, fused: bool
-) -> float:
-    flops = 0.0
+) -> tuple[float, float]:
+    """``(FLOPs, bytes moved)`` of building and contracting the structured factors."""
+    flops = moved = 0.0
+    n_feat = n1 + (0 if sym or spec.how == "diag" else n2)
     shapes = prof.fused_shapes if fused else prof.factor_shapes
     for s in shapes.values():
         if s[0] == "dense":
             flops += _contract_flops(spec, n1, n2, sym, k, s[1])
-        else:
-            _, p, a, b = s
-            _, macs = kron_strategy(n1, n2, k, p, p, a, b, spec.how)
-            flops += 2.0 * macs * (0.6 if sym and n1 * k >= 1024 and p == 1 else 1.0)
-    for name in prof.generic:
-        flops += _contract_flops(spec, n1, n2, sym, k, prof.param_numel[name])
-    return flops
+            continue
+        _, p, a, b = s
+        strategy, macs = kron_strategy(n1, n2, k, p, p, a, b, spec.how)
+        rows = n1 * (k if spec.how == "full" else 1)
+        share = _sym(rows, a if spec.how == "full" else k * a, sym) if p == 1 else 1.0
+        flops += 2.0 * macs * share
+        if p > 1:  # inputs gathered per position (e.g. convolution patches)
+            moved += n_feat * p * b
+    return flops, moved
 
 
 def estimate(
@@ -108,10 +129,20 @@ def estimate(
     k = spec.n_directions
     fwd = max(prof.flops, 1.0)
     n_res = len(prof.param_numel) if per_parameter else 1
-    out: dict[str, CostEstimate] = {}
     total_p = prof.total_params
+    gen_p = sum(prof.param_numel[nm] for nm in prof.generic)
+    out: dict[str, CostEstimate] = {}
 
-    # Jacobian contraction
+    def seconds(ad_flops, mm_flops, moved_entries, passes):
+        return (
+            ad_flops / rate["autodiff"]
+            + mm_flops / rate["matmul"]
+            + moved_entries * itemsize / rate["bytes"]
+            + passes * rate["pass"]
+        )
+
+    # Jacobian contraction: per-sample Jacobians (forward + K backward passes with weight
+    # gradients), written out, then contracted.
     try:
         plan = plan_chunks(
             spec,
@@ -124,54 +155,57 @@ def estimate(
             budget,
             n_res,
         )
-        feat = _featurize_flops(plan, n1, n2, sym, k, fwd, per_dir=2.0 * fwd + 2.0 * total_p)
-        t = (
-            feat / rate["autodiff"]
-            + _contract_flops(spec, n1, n2, sym, k, total_p) / rate["matmul"]
+        samples = plan.featurized / k
+        t = seconds(
+            samples * fwd + plan.featurized * 2.0 * fwd,
+            _contract_flops(spec, n1, n2, sym, k, total_p),
+            plan.featurized * total_p,
+            _passes(plan),
         )
-        out["jacobian"] = CostEstimate(
-            "jacobian", t + _passes(plan) * rate["pass"], plan.peak, plan
-        )
+        out["jacobian"] = CostEstimate("jacobian", t, plan.peak, plan)
     except ValueError:
         pass
 
-    # structured
+    # structured: forward + K backward passes for the cotangents (no weight gradients),
+    # the generic parameters' Jacobians, then per-layer contractions.
     fixed, per_dir = feature_bytes(prof, k, itemsize)
     try:
         plan = plan_chunks(
             spec, n1, n2, sym, fixed, per_dir + prof.act_bytes, itemsize, budget, n_res
         )
-        gen_p = sum(prof.param_numel[nm] for nm in prof.generic)
-        feat = _featurize_flops(plan, n1, n2, sym, k, fwd, per_dir=fwd + 2.0 * gen_p)
-        contract = _structured_contract_flops(prof, spec, n1, n2, sym, k, not per_parameter)
-        t = feat / rate["autodiff"] + contract / rate["matmul"]
-        out["structured"] = CostEstimate(
-            "structured", t + _passes(plan) * rate["pass"], plan.peak, plan
+        samples = plan.featurized / k
+        # measured: the probes' backward costs about as much as one with weight gradients
+        ad = samples * fwd + plan.featurized * 2.0 * fwd
+        if prof.generic:
+            ad += samples * fwd + plan.featurized * 2.0 * fwd
+        mm, moved = _structured_costs(prof, spec, n1, n2, sym, k, not per_parameter)
+        mm += sum(
+            _contract_flops(spec, n1, n2, sym, k, prof.param_numel[nm]) for nm in prof.generic
         )
+        recompute = plan.featurized / (k * (n1 + (0 if sym else n2)))
+        t = seconds(ad, mm, moved * recompute + plan.featurized * gen_p, _passes(plan))
+        out["structured"] = CostEstimate("structured", t, plan.peak, plan)
     except ValueError:
         pass
 
-    # NTK-vector products
+    # NTK-vector products: per-sample Jacobians of x2 as tangents, then one
+    # Jacobian-vector product of the x1 batch per kernel column.
     try:
         cols, rows, peak = ntvp_plan(spec, n1, n2, total_p, prof.act_bytes, itemsize, budget)
-        cols_total = (n1 if spec.how == "diag" else n2) * k
-        rows_total = 1 if spec.how == "diag" else n1
-        flops = cols_total * (3.0 * fwd * rows_total) + n2 * (fwd + k * 2.0 * fwd)
-        if per_parameter:
-            flops *= len(prof.param_numel)
-        n_pass = -(-cols_total // cols) * -(-rows_total // rows)
-        t = flops / rate["autodiff"] + n_pass * rate["pass"]
+        if spec.how == "diag":
+            cols_total, jvp = n1 * k, _JVP * fwd * n1 * k
+        else:
+            cols_total, jvp = n2 * k, _JVP * fwd * n1 * n2 * k
+        n_tan = n1 if spec.how == "diag" else n2
+        mult = len(prof.param_numel) if per_parameter else 1
+        n_pass = -(-cols_total // cols) * (1 if spec.how == "diag" else -(-n1 // rows))
+        t = mult * seconds(
+            n_tan * fwd + n_tan * k * 2.0 * fwd + jvp, 0.0, n_tan * k * total_p, n_pass
+        )
         out["ntvp"] = CostEstimate("ntvp", t, peak, (cols, rows))
     except ValueError:
         pass
     return out
-
-
-def _featurize_flops(
-    plan: ChunkPlan, n1: int, n2: int, sym: bool, k: int, fwd: float, per_dir: float
-) -> float:
-    samples = plan.featurized / k if k else 0.0
-    return samples * fwd + plan.featurized * per_dir
 
 
 def _passes(plan: ChunkPlan) -> float:

@@ -26,10 +26,20 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Dense", "Kron", "OneHot", "contract", "gram", "kron_strategy", "materialize"]
+__all__ = [
+    "Dense",
+    "Kron",
+    "OneHot",
+    "contract",
+    "gram",
+    "kron_strategy",
+    "materialize",
+    "mirror_lower",
+    "sym_bounds",
+]
 
 #: Rows per block when a symmetric Gram matrix is computed block-triangularly.
-_SYM_MIN_ROWS = 512
+_SYM_MIN_ROWS = 320
 #: Largest temporary (entries) of a positions-by-positions Gram contraction.
 _TEMP_ENTRIES = 2**24
 
@@ -107,27 +117,51 @@ def materialize(f: Factor) -> Dense:
     return f._dense
 
 
+def sym_bounds(n: int) -> list[int] | None:
+    """Row-block bounds of a symmetric ``(n, n)`` Gram computed block-triangularly."""
+    if n < 2 * _SYM_MIN_ROWS:
+        return None
+    nb = min(8, n // _SYM_MIN_ROWS)
+    return [round(i * n / nb) for i in range(nb + 1)]
+
+
 def gram(a: torch.Tensor, b: torch.Tensor, sym: bool) -> torch.Tensor:
-    """``a @ b.T`` for ``a: (N, D)``, ``b: (M, D)``; block-triangular when ``sym`` (b is a).
+    """``a @ b.T`` for ``a: (N, D)``, ``b: (M, D)``.
+
+    With ``sym`` (``b`` is ``a``), only the diagonal and upper row blocks of
+    :func:`sym_bounds` are computed (fewer FLOPs); the lower blocks are left unset and must be
+    filled by :func:`mirror_lower` once the caller has summed all its Gram matrices.
 
     Returns:
-        ``(N, M)``; exactly symmetric when ``sym``.
+        ``(N, M)``.
     """
     n = a.shape[0]
-    if not sym or n < 2 * _SYM_MIN_ROWS or a.shape[1] < 128:
+    bounds = sym_bounds(n) if sym and a.shape[1] >= 128 else None
+    if bounds is None:
         return a @ b.T
-    nb = min(4, n // _SYM_MIN_ROWS)
-    bounds = [round(i * n / nb) for i in range(nb + 1)]
     out = torch.empty(n, n, dtype=a.dtype, device=a.device)
-    for r in range(nb):
+    for r in range(len(bounds) - 1):
         rs = slice(bounds[r], bounds[r + 1])
-        for s in range(r, nb):
-            ss = slice(bounds[s], bounds[s + 1])
-            blk = a[rs] @ a[ss].T
-            out[rs, ss] = blk
-            if s != r:
-                out[ss, rs] = blk.T
+        out[rs, bounds[r] :] = a[rs] @ a[bounds[r] :].T
     return out
+
+
+def mirror_lower(m: torch.Tensor) -> torch.Tensor:
+    """Make a square ``m`` exactly symmetric (in place).
+
+    The lower row blocks of :func:`sym_bounds` are copied from the upper ones, and each
+    diagonal block is replaced by ``(B + B^T) / 2`` (matrix products are not bitwise
+    symmetric).
+    """
+    n = m.shape[0]
+    bounds = sym_bounds(n) or [0, n]
+    for r in range(len(bounds) - 1):
+        rs = slice(bounds[r], bounds[r + 1])
+        blk = m[rs, rs]
+        blk.copy_((blk + blk.T) / 2)
+        if r:
+            m[rs, : bounds[r]] = m[: bounds[r], rs].T
+    return m
 
 
 def kron_strategy(
@@ -168,7 +202,8 @@ def contract(f1: Factor, f2: Factor, how: str, sym: bool = False) -> torch.Tenso
             it is ``f1`` itself (the result is then exactly symmetric).
         how: ``"full"`` -> ``(n1, K1, n2, K2)``; ``"trace"`` -> ``(n1, n2)``;
             ``"diag"`` -> ``(n, K1, K2)``.
-        sym: Whether ``f2`` is ``f1``.
+        sym: Whether ``f2`` is ``f1``; then only the upper row blocks of the result (as a
+            square ``(n1 K1, n1 K1)`` or ``(n1, n1)`` matrix) are valid, see :func:`gram`.
 
     Returns:
         The contribution.
@@ -211,7 +246,7 @@ def _x_gram(x1, x2, how: str, sym: bool, dtype) -> torch.Tensor:
     n1, p, _ = x1.shape
     n2, q, _ = x2.shape
     if p == 1 and q == 1:
-        return gram(x1[:, 0], x2[:, 0], sym).view(n1, n2, 1, 1)
+        return (x1[:, 0] @ x2[:, 0].T).view(n1, n2, 1, 1)
     return torch.einsum("ipc,jqc->ijpq", x1, x2)
 
 

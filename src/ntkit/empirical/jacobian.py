@@ -28,6 +28,10 @@ def per_sample_jacobians(
     Returns:
         name -> ``(n, K, P_name)`` with ``P_name`` the flattened parameter size.
     """
+    if directions is not None and directions.shape[0] == directions.shape[1]:
+        eye = torch.eye(directions.shape[0], dtype=directions.dtype, device=directions.device)
+        if torch.equal(directions, eye):
+            directions = None
 
     def single(p, xi):
         out = model.fn(p, xi.unsqueeze(0)).reshape(-1)

@@ -70,7 +70,11 @@ class ModeSpec:
         return (n1, k, k)
 
     def finalize(self, t: torch.Tensor) -> torch.Tensor:
-        """Internal layout -> public layout (full: ``(n1, n2, O, O)``)."""
+        """Internal layout -> public layout.
+
+        Full: ``(n1, n2, O, O)``, a permuted view of ``(n1, O, n2, O)`` storage (so
+        ``t.permute(0, 2, 1, 3).reshape(n1 * O, n2 * O)`` costs nothing).
+        """
         if self.how == "full":
             return t.permute(0, 2, 1, 3)
         return t

@@ -22,21 +22,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.func import vjp, vmap
-from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import FlopCounterMode
 
 from ntkit.empirical.factors import Dense, Factor, Kron, OneHot, materialize
 from ntkit.empirical.functional import FunctionalModel
+from ntkit.empirical.jacobian import per_sample_jacobians
 from ntkit.empirical.rules import BUILTIN_RULES
 
-__all__ = ["ModelProfile", "StructuredFeaturizer", "find_rule", "profile", "register_rule"]
+if TYPE_CHECKING:
+    from ntkit.empirical.profile import ModelProfile
+
+__all__ = ["StructuredFeaturizer", "find_rule", "locals_by_module", "register_rule"]
 
 Rule = Callable[[nn.Module, torch.Tensor, torch.Tensor, tuple], dict]
 
@@ -98,231 +98,8 @@ def find_rule(module: nn.Module) -> tuple[Rule, tuple[str, ...]] | None:
     return None
 
 
-@dataclass
-class _Call:
-    module: nn.Module
-    out_shape: tuple[int, ...]
-    x: torch.Tensor | None = None  # the recorded one-sample input (analysis only)
-    out: torch.Tensor | None = None
-
-
-@dataclass
-class ModelProfile:
-    """What one forward pass on one sample tells about a model.
-
-    Attributes:
-        fm: The functional model.
-        out_numel: ``O``, outputs per sample.
-        flops: Forward FLOPs per sample.
-        act_bytes: Bytes of all intermediate results of one sample's forward pass.
-        param_numel: ``name -> size`` of the differentiated parameters.
-        covered: ``name -> (module, local_name)`` handled by rules.
-        generic: Names handled by the generic per-sample Jacobian.
-        calls: The covered modules' calls in forward order (output shapes per sample).
-        factor_shapes: ``name -> shape info`` of each covered parameter's factor for
-            one sample and one direction: ``("dense", D)`` or ``("kron", P, A, B)``.
-        fused_shapes: The same for the fused factors (weight and bias of one layer share
-            their cotangent), keyed like :class:`StructuredFeaturizer` with ``fuse=True``.
-    """
-
-    fm: FunctionalModel
-    out_numel: int
-    flops: float
-    act_bytes: float
-    param_numel: dict[str, int]
-    covered: dict[str, tuple[nn.Module, str]] = field(default_factory=dict)
-    generic: list[str] = field(default_factory=list)
-    calls: list[_Call] = field(default_factory=list)
-    factor_shapes: dict[str, tuple] = field(default_factory=dict)
-    fused_shapes: dict = field(default_factory=dict)
-
-    @property
-    def total_params(self) -> int:
-        return sum(self.param_numel.values())
-
-
-class _UseTracker(TorchFunctionMode):
-    """Records, for every use of a tracked tensor, the innermost module running."""
-
-    def __init__(self, tracked: dict[int, str], stack: list[nn.Module]):
-        super().__init__()
-        self.tracked = tracked
-        self.stack = stack
-        self.uses: dict[str, set[int]] = {}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        for a in tree_leaves((args, kwargs)):
-            if isinstance(a, torch.Tensor) and id(a) in self.tracked:
-                owner = id(self.stack[-1]) if self.stack else 0
-                self.uses.setdefault(self.tracked[id(a)], set()).add(owner)
-        return func(*args, **kwargs)
-
-
-class _ByteCounter(TorchDispatchMode):
-    """Sums the bytes of every newly allocated operator output (views are not counted)."""
-
-    def __init__(self):
-        super().__init__()
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        seen = {
-            t.untyped_storage().data_ptr()
-            for t in tree_leaves((args, kwargs))
-            if isinstance(t, torch.Tensor)
-        }
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
-                self.bytes += t.numel() * t.element_size()
-        return out
-
-
-def _owners(module: nn.Module) -> dict[str, set[tuple[int, str]]]:
-    """Canonical parameter name -> every (module id, local name) registering it."""
-    canonical = {id(p): name for name, p in module.named_parameters()}
-    owners: dict[str, set[tuple[int, str]]] = {}
-    for _, sub in module.named_modules(remove_duplicate=False):
-        for local, p in sub._parameters.items():
-            if p is not None and id(p) in canonical:
-                owners.setdefault(canonical[id(p)], set()).add((id(sub), local))
-    return owners
-
-
-def profile(fm: FunctionalModel, x: torch.Tensor, use_rules: bool = True) -> ModelProfile:
-    """Analyse one sample's forward pass: output size, cost, and which rules apply.
-
-    Args:
-        fm: The functional model.
-        x: One input ``(1, *in_shape)``.
-        use_rules: Whether to look for structured rules (else everything is generic).
-
-    Returns:
-        A :class:`ModelProfile`.
-    """
-    param_numel = {n: p.numel() for n, p in fm.params.items()}
-    module = fm.module
-    candidates: dict[str, tuple[nn.Module, str]] = {}
-    modules: dict[int, nn.Module] = {}
-    if module is not None and use_rules:
-        modules = {id(m): m for m in module.modules()}
-        for name, own in _owners(module).items():
-            if name not in fm.params or len(own) != 1:
-                continue
-            ((mid, local),) = own
-            found = find_rule(modules[mid])
-            if found is not None and local in found[1]:
-                candidates[name] = (modules[mid], local)
-    rule_modules = {id(m): m for m, _ in candidates.values()}
-    stack: list[nn.Module] = []
-    calls: list[_Call] = []
-    bad_modules: set[int] = set()
-    handles = []
-
-    def pre(mod, args):
-        stack.append(mod)
-
-    def post(mod, args, kwargs, out):
-        stack.pop()
-        if id(mod) in rule_modules:
-            x_in = args[0] if args else next(iter(kwargs.values()), None)
-            if not isinstance(out, torch.Tensor) or not isinstance(x_in, torch.Tensor):
-                bad_modules.add(id(mod))
-            else:
-                calls.append(_Call(mod, tuple(out.shape), x_in.detach(), out.detach()))
-
-    if module is not None:
-        for m in modules.values():
-            handles.append(m.register_forward_pre_hook(pre))
-            handles.append(m.register_forward_hook(post, with_kwargs=True, always_call=True))
-    tracked = {id(t): n for n, t in fm.params.items()}
-    tracker = _UseTracker(tracked, stack)
-    counter = _ByteCounter()
-    flops = FlopCounterMode(display=False)
-    try:
-        with torch.no_grad(), flops, counter, tracker:
-            out = fm.fn(fm.params, x)
-    finally:
-        for h in handles:
-            h.remove()
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(
-            f"the model must return one tensor (n, *out_shape); got {type(out).__name__}."
-        )
-    if out.shape[:1] != x.shape[:1]:
-        raise ValueError(
-            f"the model's output must keep the batch axis first: input {tuple(x.shape)} "
-            f"gave output {tuple(out.shape)}."
-        )
-    covered = {}
-    for name, (mod, local) in candidates.items():
-        uses = tracker.uses.get(name, set())
-        if id(mod) not in bad_modules and uses <= {id(mod)}:
-            covered[name] = (mod, local)
-    covered_modules = {id(m) for m, _ in covered.values()}
-    calls = [c for c in calls if id(c.module) in covered_modules]
-    prof = ModelProfile(
-        fm=fm,
-        out_numel=out[0].numel(),
-        flops=float(flops.get_total_flops()),
-        act_bytes=float(counter.bytes),
-        param_numel=param_numel,
-        covered=covered,
-        generic=[n for n in fm.params if n not in covered],
-        calls=calls,
-    )
-    prof.factor_shapes, prof.fused_shapes = _factor_shapes(prof)
-    for c in calls:
-        c.x = c.out = None
-    return prof
-
-
-def _shape_of(f: Factor) -> tuple:
-    if isinstance(f, Dense):
-        return ("dense", f.j.shape[-1])
-    return ("kron", f.g.shape[2], f.g.shape[3], f.width_in)
-
-
-def _merge_shapes(prev: tuple | None, s: tuple) -> tuple:
-    if prev is None:
-        return s
-    if prev[0] == "kron" and s[0] == "kron" and prev[2:] == s[2:]:
-        return ("kron", prev[1] + s[1], s[2], s[3])
-    d = prev[1] if prev[0] == "dense" else prev[2] * prev[3]
-    return ("dense", d)
-
-
-def _factor_shapes(prof: ModelProfile) -> tuple[dict[str, tuple], dict]:
-    """Run every rule on the recorded one-sample calls with one zero direction.
-
-    Returns:
-        ``(per-parameter shapes, fused shapes)``: ``("dense", D)`` or ``("kron", P, A, B)``.
-    """
-    shapes: dict[str, tuple] = {}
-    fused: dict = {}
-    by_module = _locals_by_module(prof)
-    for call in prof.calls:
-        rule, _ = find_rule(call.module)
-        locals_ = by_module[id(call.module)]
-        g = torch.zeros((1, 1, *call.out_shape), dtype=call.out.dtype, device=call.out.device)
-        got = rule(call.module, call.x.unsqueeze(0), g, tuple(locals_))
-        missing = [loc for loc in locals_ if loc not in got]
-        if missing:
-            raise ValueError(
-                f"the structured rule for {type(call.module).__name__} returned no factor "
-                f"for {missing}; it must return every requested name."
-            )
-        named = {name: got[local] for local, name in locals_.items()}
-        for name, f in named.items():
-            shapes[name] = _merge_shapes(shapes.get(name), _shape_of(f))
-        for key, f in _fuse(named).items():
-            fused[key] = _merge_shapes(fused.get(key), _shape_of(f))
-    return shapes, fused
-
-
-def _locals_by_module(prof: ModelProfile) -> dict[int, dict[str, str]]:
+def locals_by_module(prof: ModelProfile) -> dict[int, dict[str, str]]:
+    """``id(module) -> {local name: parameter name}`` of the covered parameters."""
     out: dict[int, dict[str, str]] = {}
     for name, (mod, local) in prof.covered.items():
         out.setdefault(id(mod), {})[local] = name
@@ -349,7 +126,7 @@ class StructuredFeaturizer:
     def __init__(self, prof: ModelProfile, fuse: bool = True):
         self.prof = prof
         self.fuse = fuse
-        self.by_module = _locals_by_module(prof)
+        self.by_module = locals_by_module(prof)
 
     def __call__(self, x: torch.Tensor, directions: torch.Tensor) -> dict:
         """Factors of ``x: (c, *in_shape)`` for ``directions: (K, O)``.
@@ -357,68 +134,24 @@ class StructuredFeaturizer:
         Returns:
             ``key -> factor`` with ``key`` a parameter name (or a tuple of names when fused).
         """
-        prof, fm = self.prof, self.prof.fm
-        covered_vals = {n: fm.params[n] for n in prof.covered}
-        generic = {n: fm.params[n] for n in prof.generic}
-        probes = [
-            torch.zeros(c.out_shape, dtype=directions.dtype, device=directions.device)
-            for c in prof.calls
-        ]
-        state = _ProbeState()
-        calls = prof.calls
-
-        def hook(mod, args, kwargs, out):
-            if not state.active:
-                return None
-            k = state.k
-            if k >= len(calls) or calls[k].module is not mod:
-                raise RuntimeError(
-                    "the model's sequence of module calls differs between passes "
-                    "(data-dependent control flow); use implementation='jacobian'."
-                )
-            state.k += 1
-            state.inputs.append(args[0] if args else next(iter(kwargs.values())))
-            return out + state.probes[k]
-
-        def single(pr, gp, xi):
-            state.active, state.probes, state.inputs, state.k = True, pr, [], 0
-            try:
-                out = fm.fn({**covered_vals, **gp}, xi.unsqueeze(0))
-            finally:
-                state.active = False
-            if state.k != len(calls):
-                raise RuntimeError(
-                    "the model's sequence of module calls differs between passes "
-                    "(data-dependent control flow); use implementation='jacobian'."
-                )
-            return out.reshape(-1), list(state.inputs)
-
-        def per_sample(xi):
-            _, pullback, inputs = vjp(
-                lambda pr, gp: single(pr, gp, xi), probes, generic, has_aux=True
-            )
-            g_probes, g_generic = vmap(pullback)(directions)
-            return g_probes, g_generic, inputs
-
-        handles = [
-            m.register_forward_hook(hook, with_kwargs=True)
-            for m in {id(c.module): c.module for c in calls}.values()
-        ]
-        try:
-            g_probes, g_generic, inputs = vmap(per_sample)(x)
-        finally:
-            for h in handles:
-                h.remove()
-
-        feats: dict = {}
+        prof = self.prof
+        if not prof.calls:  # no rule applies: only the generic per-sample Jacobians
+            g_probes, inputs = [], []
+            g_generic = per_sample_jacobians(prof.fm, x, directions)
+        elif prof.batched:
+            g_probes, inputs = self._cotangents_batched(x, directions)
+            g_generic = self._generic_jacobians(x, directions)
+        else:
+            g_probes, g_generic, inputs = self._cotangents_per_sample(x, directions)
         per_call: list[dict] = []
-        for call, xk, gk in zip(calls, inputs, g_probes):
+        for call, xk, gk in zip(prof.calls, inputs, g_probes):
             rule, _ = find_rule(call.module)
             locals_ = self.by_module[id(call.module)]
             got = rule(call.module, xk, gk, tuple(locals_))
             per_call.append({locals_[loc]: f for loc, f in got.items() if loc in locals_})
         if self.fuse:
             per_call = [_fuse(d) for d in per_call]
+        feats: dict = {}
         for d in per_call:
             for key, f in d.items():
                 feats.setdefault(key, []).append(f)
@@ -426,6 +159,130 @@ class StructuredFeaturizer:
         for name, j in g_generic.items():
             out[name] = Dense(j.reshape(j.shape[0], j.shape[1], -1))
         return out
+
+    def _hooked(self, state: _ProbeState):
+        calls = self.prof.calls
+
+        def hook(mod, args, kwargs, out):
+            if not state.active:
+                return None
+            k = state.k
+            if k >= len(calls) or calls[k].module is not mod:
+                raise RuntimeError(_FLOW_CHANGED)
+            state.k += 1
+            state.inputs.append(args[0] if args else next(iter(kwargs.values())))
+            return out + state.probes[k]
+
+        mods = {id(c.module): c.module for c in calls}
+        return [m.register_forward_hook(hook, with_kwargs=True) for m in mods.values()]
+
+    def _run(self, state: _ProbeState, probes, params: dict, x: torch.Tensor):
+        state.active, state.probes, state.inputs, state.k = True, probes, [], 0
+        try:
+            out = self.prof.fm.fn(params, x)
+        finally:
+            state.active = False
+        if state.k != len(self.prof.calls):
+            raise RuntimeError(_FLOW_CHANGED)
+        return out, list(state.inputs)
+
+    def _cotangents_batched(self, x, directions):
+        """Cotangents of all probes for all directions from one batched forward pass.
+
+        One batched backward pass (``torch.autograd.grad(is_grads_batched=True)``; a loop
+        over the directions where an operator has no batching rule).
+        """
+        prof, fm = self.prof, self.prof.fm
+        n, k = x.shape[0], directions.shape[0]
+        probes = [
+            torch.zeros(
+                (n, *c.out_shape[1:]),
+                dtype=directions.dtype,
+                device=directions.device,
+                requires_grad=True,
+            )
+            for c in prof.calls
+        ]
+        state = _ProbeState()
+        handles = self._hooked(state)
+        try:
+            with torch.enable_grad():
+                out, inputs = self._run(state, probes, fm.params, x)
+        finally:
+            for hd in handles:
+                hd.remove()
+        out = out.reshape(n, -1)
+        inputs = [t.detach() for t in inputs]
+        if not probes:
+            return [], inputs
+        if not out.requires_grad:  # the output does not depend on any covered module
+            return [
+                torch.zeros((n, k, *p.shape[1:]), dtype=p.dtype, device=p.device) for p in probes
+            ], [t.unsqueeze(1) for t in inputs]
+        cot = directions[:, None, :].expand(k, n, directions.shape[1])
+        try:
+            grads = torch.autograd.grad(
+                out, probes, cot, retain_graph=True, allow_unused=True, is_grads_batched=True
+            )
+        except RuntimeError:
+            per_dir = [
+                torch.autograd.grad(out, probes, cot[a], retain_graph=True, allow_unused=True)
+                for a in range(k)
+            ]
+            grads = [
+                None if gs[0] is None else torch.stack(gs) for gs in zip(*per_dir, strict=True)
+            ]
+        g_probes = [
+            torch.zeros((k, *p.shape), dtype=p.dtype, device=p.device) if g is None else g
+            for g, p in zip(grads, probes, strict=True)
+        ]
+        # present them as a per-sample pass would: the module saw a batch of one
+        return [g.transpose(0, 1).unsqueeze(2) for g in g_probes], [t.unsqueeze(1) for t in inputs]
+
+    def _generic_jacobians(self, x, directions) -> dict:
+        prof, fm = self.prof, self.prof.fm
+        if not prof.generic:
+            return {}
+        fixed = {nm: fm.params[nm] for nm in prof.covered}
+        sub = FunctionalModel(
+            fn=lambda p, xx: fm.fn({**fixed, **p}, xx),
+            params={nm: fm.params[nm] for nm in prof.generic},
+            module=fm.module,
+        )
+        return per_sample_jacobians(sub, x, directions)
+
+    def _cotangents_per_sample(self, x, directions):
+        """Per-sample vmap: any model whose samples are processed independently."""
+        prof, fm = self.prof, self.prof.fm
+        covered_vals = {nm: fm.params[nm] for nm in prof.covered}
+        generic = {nm: fm.params[nm] for nm in prof.generic}
+        probes = [
+            torch.zeros(c.out_shape, dtype=directions.dtype, device=directions.device)
+            for c in prof.calls
+        ]
+        state = _ProbeState()
+
+        def per_sample(xi):
+            def h(pr, gp):
+                out, inputs = self._run(state, pr, {**covered_vals, **gp}, xi.unsqueeze(0))
+                return out.reshape(-1), inputs
+
+            _, pullback, inputs = vjp(h, probes, generic, has_aux=True)
+            g_probes, g_generic = vmap(pullback)(directions)
+            return g_probes, g_generic, inputs
+
+        handles = self._hooked(state)
+        try:
+            return vmap(per_sample)(x)
+        finally:
+            for hd in handles:
+                hd.remove()
+
+
+_FLOW_CHANGED = (
+    "the model's sequence of module calls differs between passes (data-dependent control "
+    "flow); use implementation='jacobian'."
+)
 
 
 def _fuse(d: dict) -> dict:

@@ -153,6 +153,10 @@ def ntvp_kernel(
                 out[rr, :, js, :] = col.permute(2, 3, 0, 1)
             else:
                 out[rr, js] = col.diagonal(dim1=1, dim2=3).sum(-1).T
+    if x2 is None:  # exactly symmetric
+        side = n1 * (k if spec.how == "full" else 1)
+        flat = out.view(side, side)
+        flat.copy_((flat + flat.T) / 2)
     return out
 
 
