@@ -16,8 +16,11 @@ def _x(n, d, seed):
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-@pytest.mark.parametrize("act", [L.ReLU(), L.Erf(), L.GELU(), L.RectifiedMonomial(2),
-                                 L.Elementwise(torch.tanh)], ids=repr)
+@pytest.mark.parametrize(
+    "act",
+    [L.ReLU(), L.Erf(), L.GELU(), L.RectifiedMonomial(2), L.Elementwise(torch.tanh)],
+    ids=repr,
+)
 def test_cuda_matches_cpu(act):
     net = L.serial(L.Dense(8, 1.3, 0.1), act, L.Dense(8, 1.1), act, L.Dense(2))
     x1, x2 = _x(300, 7, 0), _x(200, 7, 1)
