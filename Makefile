@@ -30,8 +30,11 @@ test-slow: $(STAMP)
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -m gpu
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/fc_kernel.py
+bench: $(STAMP)  # about 25 minutes on 2 cores; tables go to docs/benchmarks/
+	$(BIN)/python benchmarks/fc_kernel.py --write
+	$(BIN)/python benchmarks/cnn_kernel.py
+	$(BIN)/python benchmarks/empirical_ntk.py --threads 2
+	$(BIN)/python benchmarks/predict.py --threads 2
 
 clean:
 	rm -rf $(VENV) report .pytest_cache

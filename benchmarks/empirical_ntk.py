@@ -133,7 +133,11 @@ def _sync(device):
 
 
 def time_call(fn, x, device, budget_s: float = 6.0, max_repeats: int = 5) -> float:
-    """Best time of up to ``max_repeats`` calls after one warm-up call."""
+    """Best time of repeated calls after one warm-up call.
+
+    ``max_repeats`` calls, or as many as fit in about a second for calls under 0.2 s (at most
+    50): millisecond calls need many repeats for a stable minimum on a shared machine.
+    """
     _sync(device)
     t0 = time.perf_counter()
     fn(x)
@@ -143,6 +147,8 @@ def time_call(fn, x, device, budget_s: float = 6.0, max_repeats: int = 5) -> flo
     if first > 5 * budget_s:  # long runs: one-time costs are negligible, do not repeat
         return first
     repeats = 1 if first > budget_s else max_repeats
+    if first < 0.2:
+        repeats = max(repeats, min(50, int(1.0 / max(first, 1e-3))))
     spent = 0.0
     for _ in range(repeats):
         t0 = time.perf_counter()

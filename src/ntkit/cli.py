@@ -75,7 +75,7 @@ def report(
 
 @app.command()
 def reproduce(
-    name: Annotated[str, typer.Argument(help="Experiment name, e.g. ntk-convergence.")],
+    name: Annotated[str, typer.Argument(help="Experiment: ntk-convergence or pntk.")],
     out: Annotated[Path, typer.Option(help="Folder for NAME.html.")] = Path("report"),
     quick: Annotated[bool, typer.Option(help="Fewer widths and seeds (about a minute).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of data split and networks.")] = 0,
@@ -84,7 +84,8 @@ def reproduce(
 
     Experiments: ntk-convergence (Jacot et al. 2018: the empirical NTK converges to the
     analytic one like width^-1/2, moves less during training as width grows, and wide
-    networks follow the kernel predictor).
+    networks follow the kernel predictor); pntk (Mohamadi, Bae & Sutherland 2023: the
+    sum-of-logits pseudo-NTK approximates the full empirical NTK at a fraction of the cost).
     """
     from ntkit.reproduce import reproduce as run
 

@@ -139,6 +139,30 @@ def test_batch_coupled_models_raise_with_the_fix():
         nk.empirical_ntk(stats_free, x)
 
 
+def test_train_mode_dropout_raises_and_eval_mode_equals_the_dropout_free_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Dropout(0.3), nn.Linear(8, 2)).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"Dropout, p=0\.3.*model\.eval\(\)"):
+        nk.empirical_ntk(model, x)
+    plain = nn.Sequential(model[0], model[1], model[3])
+    torch.testing.assert_close(
+        nk.empirical_ntk(model.eval(), x, mode="trace"),
+        nk.empirical_ntk(plain, x, mode="trace"),
+        rtol=1e-12,
+        atol=0,
+    )
+
+
+def test_monte_carlo_ntk_of_a_dropout_network_is_refused_nngp_is_not():
+    net = L.serial(L.Dense(16), L.ReLU(), L.Dropout(0.2), L.Dense(16), L.ReLU(), L.Dense(2))
+    x = torch.randn(3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="NTK of a network with Dropout.*get='nngp'"):
+        nk.monte_carlo_kernel(net, x, n_samples=1, seed=0)
+    k = nk.monte_carlo_kernel(net, x, n_samples=1, seed=0, get="nngp")
+    assert k.ntk is None and k.nngp.shape == (3, 3)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", ["mlp", "cnn", "resblock", "attention", "tied", "multiout"])

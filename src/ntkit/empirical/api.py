@@ -8,7 +8,12 @@ import torch
 from ntkit._validation import as_batch, check_finite
 from ntkit.empirical.assemble import assemble, plan_chunks
 from ntkit.empirical.cost import IMPLEMENTATIONS, choose, estimate
-from ntkit.empirical.functional import FunctionalModel, functionalize, transform_safe
+from ntkit.empirical.functional import (
+    FunctionalModel,
+    active_dropout,
+    functionalize,
+    transform_safe,
+)
 from ntkit.empirical.jacobian import JacobianFeaturizer
 from ntkit.empirical.modes import ModeSpec, mode_spec
 from ntkit.empirical.profile import profile
@@ -289,6 +294,12 @@ def monte_carlo_kernel(
     nngp = ntk = cov1 = cov2 = None
     for s in range(int(n_samples)):
         model = net.module(in_shape, seed=seed + s, dtype=dtype, device=x1.device)
+        if want_ntk and active_dropout(model) is not None:
+            raise ValueError(
+                "monte_carlo_kernel cannot estimate the NTK of a network with Dropout: the "
+                "finite network redraws its masks on every call, so its empirical NTK is not "
+                "defined. Use get='nngp' (the NNGP estimate includes the dropout noise)."
+            )
         with torch.no_grad():
             f1 = model(x1)
             f2 = f1 if x2_ is None else model(x2_)

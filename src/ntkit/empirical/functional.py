@@ -52,7 +52,23 @@ class FunctionalModel:
     module: nn.Module | None = None
 
 
+def active_dropout(model: nn.Module) -> str | None:
+    """Name of the first dropout module of ``model`` that is in training mode with ``p > 0``."""
+    for name, sub in model.named_modules():
+        if isinstance(sub, nn.modules.dropout._DropoutNd) and sub.training and sub.p > 0:
+            return f"{name or type(model).__name__!r} ({type(sub).__name__}, p={sub.p})"
+    return None
+
+
 def _check_batch_coupling(model: nn.Module) -> None:
+    """Refuse models whose per-sample outputs are not deterministic functions of the sample."""
+    dropout = active_dropout(model)
+    if dropout is not None:
+        raise ValueError(
+            f"module {dropout} is in training mode, where it draws a new random mask on "
+            "every call, so the outputs are not a deterministic function of the parameters "
+            "and the NTK is not defined. Call model.eval() to switch dropout off."
+        )
     for name, sub in model.named_modules():
         if not isinstance(sub, nn.modules.batchnorm._BatchNorm):
             continue

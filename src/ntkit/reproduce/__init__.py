@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ntkit.reproduce import ntk_convergence
+from ntkit.reproduce import ntk_convergence, pntk
 
-EXPERIMENTS = {m.NAME: m for m in (ntk_convergence,)}
+EXPERIMENTS = {m.NAME: m for m in (ntk_convergence, pntk)}
 
 __all__ = ["EXPERIMENTS", "reproduce"]
 

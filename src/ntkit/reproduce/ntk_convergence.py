@@ -10,35 +10,16 @@ Claims reproduced (papers.md, entry 1):
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 import ntkit as nk
-from ntkit import layers as L
 from ntkit.datasets import load_digits
 from ntkit.predict import gradient_descent_mse, max_learning_rate
-from ntkit.report.sections import Figure, Section, figure_png
+from ntkit.report.sections import Section
+from ntkit.reproduce._common import loglog_figure, loglog_slope, mlp_spec, relative_error, rms
 
 NAME = "ntk-convergence"
 TITLE = "NTK convergence and lazy training (Jacot, Gabriel & Hongler 2018)"
-
-
-def _spec(width: int) -> L.Layer:
-    return L.serial(
-        L.Dense(width, 1.5, 0.05),
-        L.ReLU(),
-        L.Dense(width, 1.5, 0.05),
-        L.ReLU(),
-        L.Dense(10, 1.5, 0.05),
-    )
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
-
-
-def _slope(widths, values) -> float:
-    return float(np.polyfit(np.log(widths), np.log(values), 1)[0])
 
 
 def _ntk(model, x) -> torch.Tensor:
@@ -47,27 +28,22 @@ def _ntk(model, x) -> torch.Tensor:
 
 def run(quick: bool = False, seed: int = 0) -> tuple[list[Section], dict[str, float]]:
     """Run the experiment; return report sections and the headline numbers."""
-    import matplotlib.pyplot as plt
-
     data = load_digits(64, 64, seed=seed)
     x, y, xt = data.x_train, data.y_train - 0.1, data.x_test
     widths = [64, 128, 256, 512] if quick else [64, 128, 256, 512, 1024, 2048]
     seeds = range(2 if quick else 3)
-    analytic = _spec(8).kernel(x).ntk
+    analytic = mlp_spec(8).kernel(x).ntk
 
     init_err = []
     for w in widths:
-        errs = [
-            _rel(_ntk(_spec(w).module((64,), seed=s, dtype=torch.float64), x), analytic)
-            for s in seeds
-        ]
-        init_err.append(float(np.sqrt(np.mean(np.square(errs)))))
+        models = [mlp_spec(w).module((64,), seed=s, dtype=torch.float64) for s in seeds]
+        init_err.append(rms([relative_error(_ntk(m, x), analytic) for m in models]))
 
     steps = 100
     eta = 0.5 * max_learning_rate(analytic, n_outputs=10)
     change, gap = [], []
     for w in widths:
-        model = _spec(w).module((64,), seed=100, dtype=torch.float64)
+        model = mlp_spec(w).module((64,), seed=100, dtype=torch.float64)
         with torch.no_grad():
             f0, ft0 = model(x), model(xt)
         theta0 = _ntk(model, x)
@@ -78,32 +54,30 @@ def run(quick: bool = False, seed: int = 0) -> tuple[list[Section], dict[str, fl
             loss = 0.5 * ((model(x) - y) ** 2).sum()
             loss.backward()
             opt.step()
-        change.append(_rel(_ntk(model, x), theta0))
+        change.append(relative_error(_ntk(model, x), theta0))
         pred = gradient_descent_mse(theta0, y, learning_rate=eta, discrete=True)
         out = pred(steps, fx_train_0=f0, fx_test_0=ft0, k_test_train=theta0_cross)
         with torch.no_grad():
-            gap.append(_rel(model(xt) - ft0, out.test - ft0))
+            gap.append(relative_error(model(xt) - ft0, out.test - ft0))
 
     results = {
-        "slope of NTK error at init vs width": _slope(widths, init_err),
-        "slope of relative NTK change during training vs width": _slope(widths, change),
-        "slope of test-output gap to the kernel predictor vs width": _slope(widths, gap),
+        "slope of NTK error at init vs width": loglog_slope(widths, init_err),
+        "slope of relative NTK change during training vs width": loglog_slope(widths, change),
+        "slope of test-output gap to the kernel predictor vs width": loglog_slope(widths, gap),
         f"NTK error at init, width {widths[-1]}": init_err[-1],
         f"relative NTK change, width {widths[-1]}": change[-1],
         f"test-output gap to the kernel predictor, width {widths[-1]}": gap[-1],
     }
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for values, label in (
-        (init_err, "NTK at init vs analytic"),
-        (change, f"NTK change after {steps} GD steps"),
-        (gap, "test outputs vs kernel predictor"),
-    ):
-        ax.loglog(widths, values, "o-", label=label)
-    ref = np.array(widths, dtype=float)
-    ax.loglog(ref, init_err[0] * (ref / ref[0]) ** -0.5, "k:", label="width^-1/2")
-    ax.set_xlabel("width")
-    ax.set_ylabel("relative Frobenius error / change")
-    ax.legend(fontsize=8)
+    figure = loglog_figure(
+        widths,
+        {
+            "NTK at init vs analytic": init_err,
+            f"NTK change after {steps} GD steps": change,
+            "test outputs vs kernel predictor": gap,
+        },
+        "relative Frobenius error / change",
+        "Errors and kernel change against width (log-log).",
+    )
     rows = [
         [str(w), f"{a:.4f}", f"{b:.4f}", f"{c:.4f}"]
         for w, a, b, c in zip(widths, init_err, change, gap)
@@ -120,6 +94,6 @@ def run(quick: bool = False, seed: int = 0) -> tuple[list[Section], dict[str, fl
         ],
         table_header=["width", "NTK error at init (RMS)", "NTK change", "prediction gap"],
         table_rows=rows,
-        figures=[Figure("Errors and kernel change against width (log-log).", figure_png(fig))],
+        figures=[figure],
     )
     return [section], results
