@@ -203,7 +203,7 @@ def assemble(
         side = n1 * (k if how == "full" else 1)
         for t in results.values():
             if single:
-                mirror_lower(t.view(side, side))
+                mirror_lower(t.view(side, side), unit=k if how == "full" else 1)
             else:
                 flat = t.view(side, side)
                 flat.copy_((flat + flat.T) / 2)

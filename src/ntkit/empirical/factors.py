@@ -117,44 +117,75 @@ def materialize(f: Factor) -> Dense:
     return f._dense
 
 
-def sym_bounds(n: int) -> list[int] | None:
-    """Row-block bounds of a symmetric ``(n, n)`` Gram computed block-triangularly."""
-    if n < 2 * _SYM_MIN_ROWS:
+def sym_bounds(n: int, unit: int = 1) -> list[int] | None:
+    """Row-block bounds of a symmetric ``(n, n)`` Gram computed block-triangularly.
+
+    Bounds fall on multiples of ``unit`` (the output directions of a sample in ``full``
+    mode), so that every block covers whole samples.
+    """
+    units = n // unit
+    if n < 2 * _SYM_MIN_ROWS or units < 2:
         return None
-    nb = min(8, n // _SYM_MIN_ROWS)
-    return [round(i * n / nb) for i in range(nb + 1)]
+    nb = min(8, n // _SYM_MIN_ROWS, units)
+    return [round(i * units / nb) * unit for i in range(nb + 1)]
 
 
-def gram(a: torch.Tensor, b: torch.Tensor, sym: bool) -> torch.Tensor:
-    """``a @ b.T`` for ``a: (N, D)``, ``b: (M, D)``.
+def gram(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    sym: bool,
+    unit: int = 1,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``a @ b.T`` for ``a: (N, D)``, ``b: (M, D)``, optionally times a per-sample scale.
 
     With ``sym`` (``b`` is ``a``), only the diagonal and upper row blocks of
     :func:`sym_bounds` are computed (fewer FLOPs); the lower blocks are left unset and must be
-    filled by :func:`mirror_lower` once the caller has summed all its Gram matrices.
+    filled by :func:`mirror_lower` (with the same ``unit``) once the caller has summed all
+    its Gram matrices.
+
+    Args:
+        a: ``(N, D)`` with ``N = n1 * unit`` (rows grouped by sample).
+        b: ``(M, D)`` with ``M = n2 * unit``.
+        sym: Whether ``b`` is ``a``.
+        unit: Rows per sample.
+        scale: Optional ``(n1, n2)``; entry ``(i u + s, j u + t)`` of the result is multiplied
+            by ``scale[i, j]`` (block by block, in place: no second full-size pass).
 
     Returns:
         ``(N, M)``.
     """
     n = a.shape[0]
-    bounds = sym_bounds(n) if sym and a.shape[1] >= 128 else None
+    bounds = sym_bounds(n, unit) if sym and a.shape[1] >= 128 else None
     if bounds is None:
-        return a @ b.T
+        return _scaled(a @ b.T, scale, unit)
     out = torch.empty(n, n, dtype=a.dtype, device=a.device)
     for r in range(len(bounds) - 1):
-        rs = slice(bounds[r], bounds[r + 1])
-        out[rs, bounds[r] :] = a[rs] @ a[bounds[r] :].T
+        r0, r1 = bounds[r], bounds[r + 1]
+        blk = a[r0:r1] @ a[r0:].T
+        sub = None if scale is None else scale[r0 // unit : r1 // unit, r0 // unit :]
+        out[r0:r1, r0:] = _scaled(blk, sub, unit)
     return out
 
 
-def mirror_lower(m: torch.Tensor) -> torch.Tensor:
+def _scaled(m: torch.Tensor, scale: torch.Tensor | None, unit: int) -> torch.Tensor:
+    """``m: (n1 u, n2 u)`` times ``scale: (n1, n2)`` broadcast over each ``u x u`` block."""
+    if scale is None:
+        return m
+    n1, n2 = scale.shape
+    m.view(n1, unit, n2, unit).mul_(scale[:, None, :, None])
+    return m
+
+
+def mirror_lower(m: torch.Tensor, unit: int = 1) -> torch.Tensor:
     """Make a square ``m`` exactly symmetric (in place).
 
-    The lower row blocks of :func:`sym_bounds` are copied from the upper ones, and each
-    diagonal block is replaced by ``(B + B^T) / 2`` (matrix products are not bitwise
-    symmetric).
+    The lower row blocks of :func:`sym_bounds` (same ``unit`` as the :func:`gram` calls) are
+    copied from the upper ones, and each diagonal block is replaced by ``(B + B^T) / 2``
+    (matrix products are not bitwise symmetric).
     """
     n = m.shape[0]
-    bounds = sym_bounds(n) or [0, n]
+    bounds = sym_bounds(n, unit) or [0, n]
     for r in range(len(bounds) - 1):
         rs = slice(bounds[r], bounds[r + 1])
         blk = m[rs, rs]
@@ -222,7 +253,8 @@ def _dense_contract(d1: Dense, d2: Dense, how: str, sym: bool) -> torch.Tensor:
     n1, k1, _ = j1.shape
     n2, k2, _ = j2.shape
     if how == "full":
-        return gram(j1.reshape(n1 * k1, -1), j2.reshape(n2 * k2, -1), sym).view(n1, k1, n2, k2)
+        full = gram(j1.reshape(n1 * k1, -1), j2.reshape(n2 * k2, -1), sym, unit=k1)
+        return full.view(n1, k1, n2, k2)
     if how == "trace":
         return gram(j1.reshape(n1, -1), j2.reshape(n2, -1), sym)
     return torch.bmm(j1, j2.transpose(1, 2))
@@ -263,9 +295,9 @@ def _kron_gram(f1: Kron, f2: Kron, how: str, sym: bool) -> torch.Tensor:
     if p == 1 and q == 1:
         gx = gx[:, :, 0, 0]
         if how == "trace":
-            return gram(g1.reshape(n1, -1), g2.reshape(n2, -1), sym) * gx
-        gg = gram(g1.reshape(n1 * k1, a), g2.reshape(n2 * k2, a), sym).view(n1, k1, n2, k2)
-        return gg.mul_(gx[:, None, :, None])
+            return gram(g1.reshape(n1, -1), g2.reshape(n2, -1), sym, scale=gx)
+        gg = gram(g1.reshape(n1 * k1, a), g2.reshape(n2 * k2, a), sym, unit=k1, scale=gx)
+        return gg.view(n1, k1, n2, k2)
     # positions on both sides: contract in row blocks to bound the temporaries
     per_row = n2 * p * (q + (0 if how == "trace" else k2 * a))
     rows = max(1, _TEMP_ENTRIES // max(per_row, 1))

@@ -508,12 +508,12 @@ def _plan(
     max_pairs = max(1, int(per_worker / pair_bytes - 1))
     widest = max([entries_in, entries_out] + [e for _, e, *_ in footprints])
     tile_pairs = max(1, min(max_pairs, max(int(target // widest), MIN_TILE_PAIRS)))
-    if tile_pairs >= n2:
-        tile_cols = n2
-        tile_rows = max(1, min(n1, tile_pairs // n2))
-    else:  # square-ish tiles: the variances' work, r + c per tile, stays small
-        tile_cols = max(1, min(n2, math.isqrt(tile_pairs)))
-        tile_rows = max(1, min(n1, tile_pairs // tile_cols))
+    # square-ish tiles: every tile also pushes its r rows' and c columns' variances (and, for
+    # dense inputs, their r + c feature vectors) through the layers, so r + c per r x c pairs
+    # must stay small; row strips (r << c) would redo the columns' work for every strip.
+    # Wider than square only when x1 has few rows.
+    tile_cols = max(1, min(n2, max(math.isqrt(tile_pairs), tile_pairs // max(n1, 1))))
+    tile_rows = max(1, min(n1, tile_pairs // tile_cols))
     if symmetric:  # the same-batch square must lie inside a row range's first tile
         tile_rows = min(tile_rows, tile_cols)
     row_tiles = -(-n1 // tile_rows)
