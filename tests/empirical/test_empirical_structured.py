@@ -288,20 +288,28 @@ def test_zoo_models_take_the_batched_path():
             assert profile(functionalize(model), x1[:2]).batched, name
 
 
-def test_block_symmetric_grams_on_a_large_symmetric_kernel():
-    """n K >= 640 rows and width >= 128 take the block-triangular Gram path + mirror."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 130), nn.Tanh(), nn.Linear(130, 10)).double()
-    x = torch.randn(70, 5, dtype=torch.float64)
-    j = brute_jacobian(model, x)
-    want = torch.einsum("iap,jbp->ijab", j, j)
-    for impl in ("structured", "jacobian"):
-        got = nk.empirical_ntk(model, x, mode="full", implementation=impl)
-        assert _rel(got, want) < 1e-12, impl
-        assert torch.equal(got, got.permute(1, 0, 3, 2))
+@pytest.mark.parametrize("n", [70, 67, 700])
+def test_block_symmetric_grams_on_a_large_symmetric_kernel(n):
+    """n K >= 640 rows (full) or n >= 640 (trace) with width >= 128 take the
+    block-triangular Gram path (blocks of whole samples, scaled in place) + mirror."""
     from ntkit.empirical.factors import sym_bounds
 
-    assert sym_bounds(70 * 10) is not None
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 130), nn.Tanh(), nn.Linear(130, 10)).double()
+    x = torch.randn(n, 5, dtype=torch.float64)
+    j = brute_jacobian(model, x)
+    want = torch.einsum("iap,jbp->ijab", j, j)
+    modes = ("full", "trace") if n >= 640 else ("full",)
+    for impl in ("structured", "jacobian"):
+        for mode in modes:
+            got = nk.empirical_ntk(model, x, mode=mode, implementation=impl)
+            ref = want if mode == "full" else torch.einsum("ijaa->ij", want)
+            assert _rel(got, ref) < 1e-12, (impl, mode)
+            assert torch.equal(
+                got, got.transpose(0, 1) if mode == "trace" else got.permute(1, 0, 3, 2)
+            )
+    bounds = sym_bounds(n * 10, unit=10)
+    assert bounds is not None and all(b % 10 == 0 for b in bounds)
 
 
 def test_profile_cache_follows_structural_changes():
