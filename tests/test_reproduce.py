@@ -22,3 +22,18 @@ def test_ntk_convergence_quick_scaling(tmp_path):
 def test_unknown_experiment_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown experiment 'nope'"):
         reproduce("nope")
+
+
+def test_pntk_quick_scaling(tmp_path):
+    # Mohamadi et al. 2023: at initialization the pNTK (x) I_O differs from the full eNTK by
+    # O(width^-1/2) (the off-diagonal output blocks and the spread of the diagonal ones are
+    # finite-width fluctuations), so all three differences fall with slope about -0.5.
+    # Same tolerance reasoning as above: [-0.85, -0.3] rejects 0 and -1.
+    results = reproduce("pntk", tmp_path, quick=True, seed=0)
+    for key in (
+        "slope of pNTK error vs width",
+        "slope of lambda_max difference vs width",
+        "slope of prediction difference vs width",
+    ):
+        assert -0.85 < results[key] < -0.3, key
+    assert (tmp_path / "pntk.html").exists()
