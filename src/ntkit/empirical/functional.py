@@ -89,6 +89,41 @@ def _check_batch_coupling(model: nn.Module) -> None:
             )
 
 
+def split_parameters(
+    model: nn.Module, params: Mapping[str, torch.Tensor] | Iterable[str] | None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Check ``model`` and split its state into differentiated and fixed tensors.
+
+    Args:
+        model: The module (refused if batch-coupled or stochastic, see the errors below).
+        params: Names (or a dict keyed by names) of the parameters to differentiate in;
+            ``None`` means every parameter with ``requires_grad``.
+
+    Returns:
+        ``(selected, fixed)``: detached parameters to differentiate in, and every other
+        parameter and buffer (constants), both keyed by qualified name.
+
+    Raises:
+        ValueError: train-mode BatchNorm or dropout, unknown names, no parameters.
+    """
+    _check_batch_coupling(model)
+    named = dict(model.named_parameters())
+    if params is None:
+        chosen = [n for n, p in named.items() if p.requires_grad]
+    else:
+        chosen = list(params.keys() if isinstance(params, Mapping) else params)
+        unknown = [n for n in chosen if n not in named]
+        if unknown:
+            raise ValueError(
+                f"params names {unknown} are not parameters of the model; known: {sorted(named)}."
+            )
+    if not chosen:
+        raise ValueError("the model has no parameters to differentiate in.")
+    fixed = {n: p.detach() for n, p in named.items() if n not in chosen}
+    fixed.update({n: b.detach() for n, b in model.named_buffers()})
+    return {n: named[n].detach() for n in chosen}, fixed
+
+
 def functionalize(
     model: nn.Module | Callable,
     params: Mapping[str, torch.Tensor] | Iterable[str] | None = None,
@@ -110,23 +145,7 @@ def functionalize(
         TypeError: ``model`` is neither a module nor a callable.
     """
     if isinstance(model, nn.Module):
-        _check_batch_coupling(model)
-        named = dict(model.named_parameters())
-        if params is None:
-            chosen = [n for n, p in named.items() if p.requires_grad]
-        else:
-            chosen = list(params.keys() if isinstance(params, Mapping) else params)
-            unknown = [n for n in chosen if n not in named]
-            if unknown:
-                raise ValueError(
-                    f"params names {unknown} are not parameters of the model; "
-                    f"known: {sorted(named)}."
-                )
-        if not chosen:
-            raise ValueError("the model has no parameters to differentiate in.")
-        fixed = {n: p.detach() for n, p in named.items() if n not in chosen}
-        fixed.update(dict(model.named_buffers()))
-        selected = {n: named[n].detach() for n in chosen}
+        selected, fixed = split_parameters(model, params)
 
         def fn(p, x):
             return functional_call(model, (p, fixed), (x,))

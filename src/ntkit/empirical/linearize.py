@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
-from ntkit.empirical.functional import _check_batch_coupling, transform_safe
+from ntkit.empirical.functional import split_parameters, transform_safe
 
 __all__ = ["TaylorModel", "linearize", "taylor_expand"]
 
@@ -52,21 +52,7 @@ class TaylorModel(nn.Module):
             raise ValueError(f"degree must be an integer >= 0; got {degree!r}.")
         self.degree = int(degree)
         if isinstance(model, nn.Module):
-            _check_batch_coupling(model)
-            named = dict(model.named_parameters())
-            if params is None:
-                chosen = [n for n, p in named.items() if p.requires_grad]
-            else:
-                chosen = list(params.keys() if isinstance(params, Mapping) else params)
-                unknown = [n for n in chosen if n not in named]
-                if unknown:
-                    raise ValueError(
-                        f"params names {unknown} are not parameters of the model; "
-                        f"known: {sorted(named)}."
-                    )
-            fixed = {n: p.detach() for n, p in named.items() if n not in chosen}
-            fixed.update({n: b.detach() for n, b in model.named_buffers()})
-            start = {n: named[n].detach() for n in chosen}
+            start, fixed = split_parameters(model, params)
             base = copy.deepcopy(model)
             object.__setattr__(self, "_fn", self._module_fn(base))
         elif callable(model):

@@ -107,13 +107,7 @@ class _WindowPool(Layer):
                 t = window_sum(t, batch_axes + 2 * i + 1, w)
             return t.mul_(scale) if scale != 1.0 else t
 
-        return k.replace(
-            nngp=pool(k.nngp, 2),
-            ntk=pool(k.ntk, 2),
-            cov1=pool(k.cov1, 1),
-            cov2=pool(k.cov2, 1),
-            shape=(channels, *(w.out for w in windows)),
-        )
+        return _pooled(k, pool, (channels, *(w.out for w in windows)))
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
         _, lengths = spatial_input(repr(self), in_shape)
@@ -196,13 +190,7 @@ class _GlobalPool(Layer):
             t = t.sum(dim=tuple(range(batch_axes, t.ndim)))
             return t.mul_(scale) if scale != 1.0 else t
 
-        return k.replace(
-            nngp=pool(k.nngp, 2),
-            ntk=pool(k.ntk, 2),
-            cov1=pool(k.cov1, 1),
-            cov2=pool(k.cov2, 1),
-            shape=(k.shape[0],),
-        )
+        return _pooled(k, pool, (k.shape[0],))
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
         return GlobalPoolModule(self.average)
@@ -222,3 +210,14 @@ class GlobalSumPool(_GlobalPool):
     """Sum over all spatial locations; kernel ``sum_{s, s'} K(s, s')``."""
 
     average = False
+
+
+def _pooled(k: Kernel, pool, shape) -> Kernel:
+    """``k`` pooled: ``pool(t, 2)`` on its kernels, ``pool(t, 1)`` on its variances."""
+    return k.replace(
+        nngp=pool(k.nngp, 2),
+        ntk=pool(k.ntk, 2),
+        cov1=pool(k.cov1, 1),
+        cov2=pool(k.cov2, 1),
+        shape=shape,
+    )

@@ -164,18 +164,49 @@ class MSEPredictor:
         d0 = flow.evecs.mT @ (y - f0)  # shape: (N, m)
         coef = flow.gain(times)[:, :, None] * d0[None]  # shape: (T, N, m)
         train = f0 + _matmul_times(flow.evecs, flow.evals[None, :, None] * coef)
-        test = None
-        if k_test_train is not None:
-            kt = sys.cross(k_test_train)
-            ft0 = sys.outputs(fx_test_0, sys.test_rows(kt), y.shape[1], "fx_test_0")
-            test = sys.unflatten(ft0 + _matmul_times(kt @ flow.evecs, coef))
-        elif not (isinstance(fx_test_0, (int, float)) and fx_test_0 == 0):
-            raise ValueError("fx_test_0 was given without k_test_train; pass both or neither.")
-        train = sys.unflatten(train)
-        if scalar:
-            train = train[0]
-            test = None if test is None else test[0]
-        return Prediction(train, test)
+        return build_prediction(
+            sys,
+            y,
+            train,
+            scalar,
+            k_test_train,
+            fx_test_0,
+            lambda kt: _matmul_times(kt @ flow.evecs, coef),
+        )
+
+
+def build_prediction(
+    sys, y, train, scalar: bool, k_test_train, fx_test_0, test_change
+) -> Prediction:
+    """Package train outputs and, given ``k_test_train``, the test outputs.
+
+    Args:
+        sys: The :class:`KernelSystem` of the training kernel.
+        y: ``(N, m)`` flattened targets.
+        train: ``(T, N, m)`` training outputs at the ``T`` times.
+        scalar: Whether a single time was asked for (drop the time axis).
+        k_test_train: Kernel between test and training inputs, or ``None``.
+        fx_test_0: Initial test outputs (or 0).
+        test_change: ``kt: (N_test, N) -> (T, N_test, m)``, the change of the test outputs.
+
+    Returns:
+        A :class:`Prediction` in the caller's output layout.
+
+    Raises:
+        ValueError: ``fx_test_0`` given without ``k_test_train``, or mismatched shapes.
+    """
+    test = None
+    if k_test_train is not None:
+        kt = sys.cross(k_test_train)
+        ft0 = sys.outputs(fx_test_0, sys.test_rows(kt), y.shape[1], "fx_test_0")
+        test = sys.unflatten(ft0 + test_change(kt))
+    elif not (isinstance(fx_test_0, (int, float)) and fx_test_0 == 0):
+        raise ValueError("fx_test_0 was given without k_test_train; pass both or neither.")
+    train = sys.unflatten(train)
+    if scalar:
+        train = train[0]
+        test = None if test is None else test[0]
+    return Prediction(train, test)
 
 
 def _effective_rate(learning_rate: float, reduction: str, n_targets: int) -> float:

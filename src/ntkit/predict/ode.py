@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ntkit.predict._checks import KernelSystem, as_times, check_reduction
-from ntkit.predict.dynamics import Prediction
+from ntkit.predict.dynamics import Prediction, build_prediction
 
 __all__ = ["ODEPredictor", "gradient_descent"]
 
@@ -119,18 +119,15 @@ class ODEPredictor:
         index = torch.as_tensor(np.searchsorted(t_eval, times.numpy()), device=k.device)
         g_all = g_all.reshape(-1, *shape)[index]
         train = f0 - eta * torch.einsum("ij,tjm->tim", k, g_all)
-        test = None
-        if k_test_train is not None:
-            kt = sys.cross(k_test_train)
-            ft0 = sys.outputs(fx_test_0, sys.test_rows(kt), y.shape[1], "fx_test_0")
-            test = sys.unflatten(ft0 - eta * torch.einsum("ij,tjm->tim", kt, g_all))
-        elif not (isinstance(fx_test_0, (int, float)) and fx_test_0 == 0):
-            raise ValueError("fx_test_0 was given without k_test_train; pass both or neither.")
-        train = sys.unflatten(train)
-        if scalar:
-            train = train[0]
-            test = None if test is None else test[0]
-        return Prediction(train, test)
+        return build_prediction(
+            sys,
+            y,
+            train,
+            scalar,
+            k_test_train,
+            fx_test_0,
+            lambda kt: -eta * torch.einsum("ij,tjm->tim", kt, g_all),
+        )
 
 
 def gradient_descent(
