@@ -44,3 +44,14 @@ def test_report_rejects_bad_options(tmp_path):
     result = CliRunner().invoke(app, ["report", "--out", str(tmp_path), "--n-train", "5000"])
     assert result.exit_code != 0
     assert "n_train + n_test" in result.output
+
+
+def test_reproduce_command_writes_html_and_rejects_unknown_names(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["reproduce", "min-eigenvalue", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "min-eigenvalue.html").exists()
+    assert "lambda_min" in result.output
+    bad = runner.invoke(app, ["reproduce", "nope", "--out", str(tmp_path)])
+    assert bad.exit_code != 0
+    assert "unknown experiment" in bad.output

@@ -37,3 +37,14 @@ def test_pntk_quick_scaling(tmp_path):
     ):
         assert -0.85 < results[key] < -0.3, key
     assert (tmp_path / "pntk.html").exists()
+
+
+def test_min_eigenvalue_quick_threshold(tmp_path):
+    # Below P = N the N x N kernel J J^T has rank <= P, so lambda_min is zero up to rounding:
+    # eigvalsh of a float64 matrix is accurate to about N * eps * lambda_max = 2e-14 relative
+    # (N = 100); 1e-12 leaves margin. From P = 4N on, Bombari et al. bound lambda_min below by
+    # a constant times the infinite-width NTK's lambda_min; a 100x lower margin (0.01) rejects
+    # a rank-deficient kernel while tolerating the constant.
+    results = reproduce("min-eigenvalue", tmp_path, quick=True, seed=0)
+    assert results["largest lambda_min / lambda_max with P < N"] < 1e-12
+    assert results["smallest lambda_min / lambda_inf with P >= 4N"] > 0.01

@@ -66,7 +66,7 @@ def report(
     table.add_column("result")
     table.add_column("value", justify="right")
     for key, value in ctx.results.items():
-        table.add_row(key, f"{value:.4f}")
+        table.add_row(key, f"{value:.4g}")
     for key, value in ctx.timings.items():
         table.add_row(f"time: {key} (s)", f"{value:.3f}")
     console.print(table)
@@ -75,17 +75,18 @@ def report(
 
 @app.command()
 def reproduce(
-    name: Annotated[str, typer.Argument(help="Experiment: ntk-convergence or pntk.")],
+    name: Annotated[str, typer.Argument(help="ntk-convergence, pntk or min-eigenvalue.")],
     out: Annotated[Path, typer.Option(help="Folder for NAME.html.")] = Path("report"),
-    quick: Annotated[bool, typer.Option(help="Fewer widths and seeds (about a minute).")] = False,
+    quick: Annotated[bool, typer.Option(help="Fewer widths and seeds (seconds).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of data split and networks.")] = 0,
 ) -> None:
     """Reproduce a seed paper's claim at small scale and write OUT/NAME.html.
 
-    Experiments: ntk-convergence (Jacot et al. 2018: the empirical NTK converges to the
-    analytic one like width^-1/2, moves less during training as width grows, and wide
-    networks follow the kernel predictor); pntk (Mohamadi, Bae & Sutherland 2023: the
-    sum-of-logits pseudo-NTK approximates the full empirical NTK at a fraction of the cost).
+    ntk-convergence: Jacot et al. 2018, NTK convergence and lazy training.
+
+    pntk: Mohamadi, Bae & Sutherland 2023, the sum-of-logits pseudo-NTK.
+
+    min-eigenvalue: Bombari, Amani & Mondelli 2022, smallest NTK eigenvalue against P / N.
     """
     from ntkit.reproduce import reproduce as run
 
@@ -97,7 +98,7 @@ def reproduce(
     table.add_column("result")
     table.add_column("value", justify="right")
     for key, value in results.items():
-        table.add_row(key, f"{value:.4f}")
+        table.add_row(key, f"{value:.4g}")
     Console().print(table)
     Console().print(f"written to {Path(out) / (name + '.html')}")
 
