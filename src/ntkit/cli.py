@@ -75,7 +75,7 @@ def report(
 
 @app.command()
 def reproduce(
-    name: Annotated[str, typer.Argument(help="ntk-convergence, pntk or min-eigenvalue.")],
+    name: Annotated[str, typer.Argument(help="ntk-convergence, pntk, min-eigenvalue or curves.")],
     out: Annotated[Path, typer.Option(help="Folder for NAME.html.")] = Path("report"),
     quick: Annotated[bool, typer.Option(help="Fewer widths and seeds (seconds).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of data split and networks.")] = 0,
@@ -87,6 +87,8 @@ def reproduce(
     pntk: Mohamadi, Bae & Sutherland 2023, the sum-of-logits pseudo-NTK.
 
     min-eigenvalue: Bombari, Amani & Mondelli 2022, smallest NTK eigenvalue against P / N.
+
+    curves: Wang, Buchanan, Gilboa & Wright 2021, deep NTKs localize; two curves.
     """
     from ntkit.reproduce import reproduce as run
 

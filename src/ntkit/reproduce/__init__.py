@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ntkit.reproduce import min_eigenvalue, ntk_convergence, pntk
+from ntkit.reproduce import curves, min_eigenvalue, ntk_convergence, pntk
 
-EXPERIMENTS = {m.NAME: m for m in (ntk_convergence, pntk, min_eigenvalue)}
+EXPERIMENTS = {m.NAME: m for m in (ntk_convergence, pntk, min_eigenvalue, curves)}
 
 __all__ = ["EXPERIMENTS", "reproduce"]
 
