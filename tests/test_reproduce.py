@@ -60,3 +60,20 @@ def test_curves_half_width_and_separation(tmp_path):
     assert -1.2 < results["slope of half-width vs depth (depth >= 8)"] < -0.7
     assert results["curve test accuracy, depth 1"] < 0.6
     assert results["curve test accuracy, depth 4"] == 1.0
+
+
+@pytest.mark.slow
+def test_full_reproductions_match_the_readme_claims(tmp_path):
+    # The default (non-quick) runs quoted in the README: more widths and seeds, so the
+    # slopes are estimated more tightly than in the quick tests above.
+    conv = reproduce("ntk-convergence", tmp_path)
+    assert -0.7 < conv["slope of NTK error at init vs width"] < -0.4
+    assert conv["slope of relative NTK change during training vs width"] < -0.5
+    assert conv["slope of test-output gap to the kernel predictor vs width"] < -0.2
+    pntk = reproduce("pntk", tmp_path)
+    assert -0.7 < pntk["slope of pNTK error vs width"] < -0.35
+    eig = reproduce("min-eigenvalue", tmp_path)
+    assert eig["largest lambda_min / lambda_max with P < N"] < 1e-12
+    assert eig["lambda_min / lambda_inf at the largest P"] > 0.5
+    curves = reproduce("curves", tmp_path)
+    assert -1.1 < curves["slope of half-width vs depth (depth >= 8)"] < -0.8
