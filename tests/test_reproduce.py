@@ -77,3 +77,29 @@ def test_full_reproductions_match_the_readme_claims(tmp_path):
     assert eig["lambda_min / lambda_inf at the largest P"] > 0.5
     curves = reproduce("curves", tmp_path)
     assert -1.1 < curves["slope of half-width vs depth (depth >= 8)"] < -0.8
+    sto = reproduce("sample-then-optimize", tmp_path)
+    assert sto["largest |trained sample - Matheron sample| / max |sample|"] < 1e-6
+    regret = sto["Thompson sampling: mean simple regret"]
+    assert regret < sto["random search: expected simple regret"]
+
+
+def test_sample_then_optimize_draws_exact_posterior_samples():
+    # Each trained copy must equal Matheron's exact posterior sample for its own delta0 and
+    # eps (L-BFGS to gradient norm 1e-10: 1e-6 relative leaves margin), and 100 draws must
+    # match the GP posterior's moments: the sample mean within 4.5 standard errors at all
+    # 20 test points (a false alarm has probability < 20 * 7e-6), the covariance within 3x
+    # the Frobenius error expected from 100 Gaussian draws.
+    import torch
+
+    from ntkit.datasets import load_digits
+    from ntkit.reproduce._common import mlp_spec
+    from ntkit.reproduce.sample_then_optimize import _moments
+
+    data = load_digits(40, 20, seed=0)
+    y = (data.labels_train == 0).double()[:, None] - 0.1
+    model = mlp_spec(32, 1).module((64,), seed=0, dtype=torch.float64)
+    res, _ = _moments(model, data.x_train, y, data.x_test, 100, seed=1)
+    assert res["largest |trained sample - Matheron sample| / max |sample|"] < 1e-6
+    assert res["largest |z| of the sample mean (posterior sd / sqrt(S) units)"] < 4.5
+    expected = res["covariance relative error expected from S draws"]
+    assert res["covariance relative error"] < 3 * expected

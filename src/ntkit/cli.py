@@ -75,7 +75,7 @@ def report(
 
 @app.command()
 def reproduce(
-    name: Annotated[str, typer.Argument(help="ntk-convergence, pntk, min-eigenvalue or curves.")],
+    name: Annotated[str, typer.Argument(help="An experiment listed above.")],
     out: Annotated[Path, typer.Option(help="Folder for NAME.html.")] = Path("report"),
     quick: Annotated[bool, typer.Option(help="Fewer widths and seeds (seconds).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of data split and networks.")] = 0,
@@ -89,6 +89,8 @@ def reproduce(
     min-eigenvalue: Bombari, Amani & Mondelli 2022, smallest NTK eigenvalue against P / N.
 
     curves: Wang, Buchanan, Gilboa & Wright 2021, deep NTKs localize; two curves.
+
+    sample-then-optimize: Dai et al. 2022, posterior samples by training; Thompson sampling.
     """
     from ntkit.reproduce import reproduce as run
 

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ntkit.reproduce import curves, min_eigenvalue, ntk_convergence, pntk
+from ntkit.reproduce import (
+    curves,
+    min_eigenvalue,
+    ntk_convergence,
+    pntk,
+    sample_then_optimize,
+)
 
-EXPERIMENTS = {m.NAME: m for m in (ntk_convergence, pntk, min_eigenvalue, curves)}
+EXPERIMENTS = {
+    m.NAME: m for m in (ntk_convergence, pntk, min_eigenvalue, curves, sample_then_optimize)
+}
 
 __all__ = ["EXPERIMENTS", "reproduce"]
 
