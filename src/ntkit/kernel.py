@@ -32,8 +32,12 @@ class Kernel:
         is_gaussian: Whether the pre-activations are (jointly) Gaussian, which the
             closed-form activation rules require.
         independent: Whether the value is zero-mean and independent of every sibling
-            branch since the last ``FanOut`` (true right after a weight layer). Fan-in
-            layers need all but one branch independent to drop cross-covariances.
+            branch since the last ``FanOut`` (true right after a weight layer). Sums and
+            concatenations need all but one branch independent to drop cross-covariances.
+        decoupled: Whether the value depends on weights of its own since the last
+            ``FanOut`` (so it is independent of every sibling), whatever its mean: stays
+            true through activations. Products need all but one branch decoupled
+            (``E[X Y X' Y'] = E[X X'] E[Y Y']`` for independent branches).
         diagonal_spatial: Whether only same-location covariances are kept.
         x1_is_x2: Whether ``x2`` is the same batch as ``x1`` (``nngp`` is symmetric).
         pair_shift: Inside a tile of an ``x1_is_x2`` computation, entry ``(i, j)`` pairs a
@@ -48,6 +52,7 @@ class Kernel:
     shape: tuple[int, ...]
     is_gaussian: bool = True
     independent: bool = False
+    decoupled: bool = False
     diagonal_spatial: bool = False
     x1_is_x2: bool = False
     pair_shift: int = 0

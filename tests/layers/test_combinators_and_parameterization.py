@@ -93,6 +93,18 @@ def test_fan_in_prod_uses_the_product_rule():
     assert not k.is_gaussian
 
 
+def test_fan_in_prod_of_relu_branches_is_the_product_of_their_kernels():
+    # independent factors: E[X Y X' Y'] = E[X X'] E[Y Y'] even though ReLU outputs have
+    # nonzero mean (a sum of the same branches is refused)
+    x = _x(4, 5, 7)
+    branches = [L.serial(L.Dense(6, 1.3), L.ReLU()), L.serial(L.Dense(6, 0.8, 0.3), L.GELU())]
+    net = L.serial(L.Dense(6, 1.0, 0.2), L.FanOut(2), L.parallel(*branches), L.FanInProd())
+    k = net.kernel(x)
+    k1, k2 = (L.serial(L.Dense(6, 1.0, 0.2), b).kernel(x) for b in branches)
+    torch.testing.assert_close(k.nngp, k1.nngp * k2.nngp, rtol=1e-13, atol=0)
+    torch.testing.assert_close(k.ntk, k1.ntk * k2.nngp + k1.nngp * k2.ntk, rtol=1e-13, atol=0)
+
+
 def test_fan_in_concat_is_width_weighted():
     x = _x(3, 5, 5)
     net = L.serial(L.FanOut(2), L.parallel(L.Dense(2, 1.3), L.Dense(6, 0.6, 0.4)), L.FanInConcat())

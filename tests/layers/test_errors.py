@@ -67,6 +67,15 @@ def test_correlated_fan_in_branches_are_refused():
             L.parallel(L.ReLU(), L.serial(L.Dense(3), L.ReLU())),
             L.FanInSum(),
         ).kernel(_x())
+    with pytest.raises(ValueError, match="product of their kernels"):  # no own weights
+        L.serial(L.Dense(3), L.FanOut(2), L.parallel(L.ReLU(), L.Erf()), L.FanInProd()).kernel(_x())
+    # a product needs independence, not zero mean: ReLU-ended fresh branches are allowed
+    L.serial(
+        L.Dense(3),
+        L.FanOut(2),
+        L.parallel(L.ReLU(), L.serial(L.Dense(3), L.ReLU())),
+        L.FanInProd(),
+    ).kernel(_x())
     # odd activations keep fresh branches zero-mean: allowed
     L.serial(
         L.Dense(3),

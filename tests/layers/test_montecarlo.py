@@ -131,6 +131,13 @@ COMBINED = {
         L.FanInProd(),
         L.Dense(1, 1.0),
     ),
+    "product_of_relu_branches": lambda w: L.serial(
+        L.Dense(w, 1.0, 0.1),
+        L.FanOut(2),
+        L.parallel(L.serial(L.Dense(w, 1.3), L.ReLU()), L.serial(L.Dense(w, 0.9, 0.2), L.ReLU())),
+        L.FanInProd(),
+        L.Dense(1, 1.0),
+    ),
     "concat": lambda w: L.serial(
         L.Dense(w, 1.0, 0.1),
         L.FanOut(3),

@@ -253,6 +253,7 @@ class GlobalSelfAttention(Layer):
             shape=(self.out_channels, *lengths),
             is_gaussian=True,
             independent=True,
+            decoupled=True,
         )
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:

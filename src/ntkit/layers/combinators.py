@@ -175,7 +175,7 @@ class FanOut(Layer):
         return [in_shape] * self.n
 
     def kernel_rule(self, k: Kernel) -> list:
-        return [k.replace(independent=False)] * self.n
+        return [k.replace(independent=False, decoupled=False)] * self.n
 
     def input_layout(self, diagonal_spatial):
         if isinstance(diagonal_spatial, list):
@@ -194,6 +194,8 @@ class _FanIn(Layer):
 
     memory_factor = 2.0
     needs_independence = True
+    #: ``"independent"`` (sums, concatenations: zero-mean too) or ``"decoupled"`` (products)
+    independence_flag = "independent"
 
     def _check_shapes(self, in_shape: Shape) -> list:
         if not isinstance(in_shape, list):
@@ -207,7 +209,14 @@ class _FanIn(Layer):
         if len(layouts) > 1:
             raise LayerSpecError(f"{self.name}: branches carry different spatial layouts.")
         if self.needs_independence:
-            shared = [i for i, k in enumerate(kernels) if not k.independent]
+            shared = [i for i, k in enumerate(kernels) if not getattr(k, self.independence_flag)]
+            if len(shared) > 1 and self.independence_flag == "decoupled":
+                raise LayerSpecError(
+                    f"{self.name}: branches {shared} are correlated (none of them passes "
+                    "through a weight layer of its own after the FanOut), so the kernel of "
+                    "their product is not the product of their kernels. Give all but one "
+                    "branch its own Dense/Conv layer."
+                )
             if len(shared) > 1:
                 raise LayerSpecError(
                     f"{self.name}: branches {shared} are correlated (none of them passes "
@@ -251,6 +260,7 @@ class FanInSum(_FanIn):
             cov2=_sum_kernels(kernels, "cov2"),
             is_gaussian=all(ki.is_gaussian for ki in kernels),
             independent=all(ki.independent for ki in kernels),
+            decoupled=all(ki.decoupled for ki in kernels),
         )
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
@@ -262,7 +272,12 @@ class FanInProd(_FanIn):
 
     NNGP: ``prod_i K_i``; NTK: ``sum_i Theta_i prod_(j != i) K_i`` (product rule). The output
     is not Gaussian (unless there is one stream), so an activation cannot follow directly.
+    Exact when all but one branch went through a weight layer of its own after the
+    ``FanOut``; unlike sums, branches may end in any nonlinearity (a product of independent
+    factors needs no zero mean).
     """
+
+    independence_flag = "decoupled"
 
     def out_shape(self, in_shape: Shape) -> Shape:
         shapes = self._check_shapes(in_shape)
@@ -295,6 +310,7 @@ class FanInProd(_FanIn):
             cov2=product("cov2"),
             is_gaussian=len(kernels) == 1 and kernels[0].is_gaussian,
             independent=all(ki.independent for ki in kernels),
+            decoupled=all(ki.decoupled for ki in kernels),
         )
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
@@ -342,6 +358,7 @@ class FanInConcat(_FanIn):
             shape=(int(total), *kernels[0].shape[1:]),
             is_gaussian=len(kernels) == 1 and kernels[0].is_gaussian,
             independent=all(ki.independent for ki in kernels),
+            decoupled=all(ki.decoupled for ki in kernels),
         )
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:

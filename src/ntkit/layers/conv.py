@@ -197,6 +197,7 @@ def _affine_in_place(
         shape=out_shape,
         is_gaussian=True,
         independent=True,
+        decoupled=True,
     )
 
 

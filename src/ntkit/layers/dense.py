@@ -78,6 +78,7 @@ def affine_kernel(
         shape=out_shape,
         is_gaussian=True,
         independent=True,
+        decoupled=True,
     )
 
 
