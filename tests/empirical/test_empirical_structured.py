@@ -326,3 +326,26 @@ def test_profile_cache_follows_structural_changes():
         model[2].weight.mul_(2.0)
     got = nk.empirical_ntk(model, x, implementation="structured")
     assert _rel(got, brute_ntk(model, x)) < 1e-12
+
+
+@pytest.mark.parametrize("with_x2", [False, True])
+def test_uneven_direction_chunks_under_tight_budgets(with_x2):
+    """Budgets that split the K = 3 outputs into chunks of 2 and 1 (and other splits)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    x1 = torch.randn(3, 4, dtype=torch.float64)
+    x2 = torch.randn(2, 4, dtype=torch.float64) if with_x2 else None
+    want = brute_ntk(model, x1, x2)
+    computed = 0
+    for budget in range(2000, 12000, 150):
+        for mode in ("full", "trace"):
+            try:
+                got = nk.empirical_ntk(
+                    model, x1, x2, mode=mode, implementation="structured", max_memory=budget
+                )
+            except ValueError:  # too small for one sample and one direction
+                continue
+            ref = want if mode == "full" else torch.einsum("ijaa->ij", want)
+            assert _rel(got, ref) < 1e-12, (budget, mode)
+            computed += 1
+    assert computed > 20

@@ -136,6 +136,7 @@ def gram(
     sym: bool,
     unit: int = 1,
     scale: torch.Tensor | None = None,
+    unit2: int | None = None,
 ) -> torch.Tensor:
     """``a @ b.T`` for ``a: (N, D)``, ``b: (M, D)``, optionally times a per-sample scale.
 
@@ -148,32 +149,34 @@ def gram(
         a: ``(N, D)`` with ``N = n1 * unit`` (rows grouped by sample).
         b: ``(M, D)`` with ``M = n2 * unit``.
         sym: Whether ``b`` is ``a``.
-        unit: Rows per sample.
-        scale: Optional ``(n1, n2)``; entry ``(i u + s, j u + t)`` of the result is multiplied
-            by ``scale[i, j]`` (block by block, in place: no second full-size pass).
+        unit: Rows of ``a`` per sample.
+        scale: Optional ``(n1, n2)``; entry ``(i u + s, j u2 + t)`` of the result is
+            multiplied by ``scale[i, j]`` (block by block, in place: no second full-size pass).
+        unit2: Rows of ``b`` per sample (default ``unit``; equal to it when ``sym``).
 
     Returns:
         ``(N, M)``.
     """
     n = a.shape[0]
+    unit2 = unit if unit2 is None else unit2
     bounds = sym_bounds(n, unit) if sym and a.shape[1] >= 128 else None
     if bounds is None:
-        return _scaled(a @ b.T, scale, unit)
+        return _scaled(a @ b.T, scale, unit, unit2)
     out = torch.empty(n, n, dtype=a.dtype, device=a.device)
     for r in range(len(bounds) - 1):
         r0, r1 = bounds[r], bounds[r + 1]
         blk = a[r0:r1] @ a[r0:].T
         sub = None if scale is None else scale[r0 // unit : r1 // unit, r0 // unit :]
-        out[r0:r1, r0:] = _scaled(blk, sub, unit)
+        out[r0:r1, r0:] = _scaled(blk, sub, unit, unit)
     return out
 
 
-def _scaled(m: torch.Tensor, scale: torch.Tensor | None, unit: int) -> torch.Tensor:
-    """``m: (n1 u, n2 u)`` times ``scale: (n1, n2)`` broadcast over each ``u x u`` block."""
+def _scaled(m: torch.Tensor, scale: torch.Tensor | None, unit: int, unit2: int) -> torch.Tensor:
+    """``m: (n1 u, n2 u2)`` times ``scale: (n1, n2)`` broadcast over each ``u x u2`` block."""
     if scale is None:
         return m
     n1, n2 = scale.shape
-    m.view(n1, unit, n2, unit).mul_(scale[:, None, :, None])
+    m.view(n1, unit, n2, unit2).mul_(scale[:, None, :, None])
     return m
 
 
@@ -296,7 +299,7 @@ def _kron_gram(f1: Kron, f2: Kron, how: str, sym: bool) -> torch.Tensor:
         gx = gx[:, :, 0, 0]
         if how == "trace":
             return gram(g1.reshape(n1, -1), g2.reshape(n2, -1), sym, scale=gx)
-        gg = gram(g1.reshape(n1 * k1, a), g2.reshape(n2 * k2, a), sym, unit=k1, scale=gx)
+        gg = gram(g1.reshape(n1 * k1, a), g2.reshape(n2 * k2, a), sym, k1, gx, unit2=k2)
         return gg.view(n1, k1, n2, k2)
     # positions on both sides: contract in row blocks to bound the temporaries
     per_row = n2 * p * (q + (0 if how == "trace" else k2 * a))
