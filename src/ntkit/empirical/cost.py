@@ -58,9 +58,9 @@ class CostEstimate:
     plan: object
 
 
-def _sym(rows: int, d: int, sym: bool) -> float:
+def _sym(rows: int, d: int, sym: bool, unit: int = 1) -> float:
     """Share of a Gram matrix's FLOPs computed when it is symmetric (see ``factors.gram``)."""
-    bounds = sym_bounds(rows) if sym and d >= 128 else None
+    bounds = sym_bounds(rows, unit) if sym and d >= 128 else None
     if bounds is None:
         return 1.0
     nb = len(bounds) - 1
@@ -73,7 +73,7 @@ def _contract_flops(spec: ModeSpec, n1: int, n2: int, sym: bool, k: int, d: int)
         return 2.0 * n1 * k * k * d
     if spec.how == "trace":
         return 2.0 * n1 * n2 * k * d * _sym(n1, k * d, sym)
-    return 2.0 * n1 * n2 * k * k * d * _sym(n1 * k, d, sym)
+    return 2.0 * n1 * n2 * k * k * d * _sym(n1 * k, d, sym, unit=k)
 
 
 def _structured_costs(
@@ -89,8 +89,8 @@ def _structured_costs(
             continue
         _, p, a, b = s
         strategy, macs = kron_strategy(n1, n2, k, p, p, a, b, spec.how)
-        rows = n1 * (k if spec.how == "full" else 1)
-        share = _sym(rows, a if spec.how == "full" else k * a, sym) if p == 1 else 1.0
+        unit = k if spec.how == "full" else 1
+        share = _sym(n1 * unit, a if spec.how == "full" else k * a, sym, unit) if p == 1 else 1.0
         flops += 2.0 * macs * share
         if p > 1:  # inputs gathered per position (e.g. convolution patches)
             moved += n_feat * p * b
