@@ -90,6 +90,8 @@ def reproduce(
 
     curves: Wang, Buchanan, Gilboa & Wright 2021, deep NTKs localize; two curves.
 
+    polynomial: Wu et al. 2022, NTK spectra with Hadamard-product layers.
+
     sample-then-optimize: Dai et al. 2022, posterior samples by training; Thompson sampling.
     """
     from ntkit.reproduce import reproduce as run

@@ -13,11 +13,20 @@ from ntkit.reproduce import (
     min_eigenvalue,
     ntk_convergence,
     pntk,
+    polynomial,
     sample_then_optimize,
 )
 
 EXPERIMENTS = {
-    m.NAME: m for m in (ntk_convergence, pntk, min_eigenvalue, curves, sample_then_optimize)
+    m.NAME: m
+    for m in (
+        ntk_convergence,
+        pntk,
+        min_eigenvalue,
+        curves,
+        polynomial,
+        sample_then_optimize,
+    )
 }
 
 __all__ = ["EXPERIMENTS", "reproduce"]
