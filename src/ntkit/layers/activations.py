@@ -21,7 +21,7 @@ import torch
 
 from ntkit.kernel import Kernel
 from ntkit.layers._spatial import pair_variances, self_variances
-from ntkit.layers.base import Layer, LayerSpecError, Shape
+from ntkit.layers.base import Layer, LayerSpecError, Shape, single_stream
 from ntkit.layers.modules import ElementwiseModule
 
 __all__ = [
@@ -88,9 +88,7 @@ class Activation(Layer):
         raise NotImplementedError
 
     def out_shape(self, in_shape: Shape) -> Shape:
-        if not isinstance(in_shape, tuple):
-            raise LayerSpecError(f"{self.name} expects a single stream; got shapes {in_shape}.")
-        return in_shape
+        return single_stream(self.name, in_shape)
 
     def kernel_rule(self, k: Kernel) -> Kernel:
         if not k.is_gaussian:

@@ -32,6 +32,17 @@ class LayerSpecError(ValueError):
     """A network description cannot be evaluated (wrong shapes, non-Gaussian input, ...)."""
 
 
+def single_stream(who: str, in_shape: Shape) -> tuple[int, ...]:
+    """``in_shape`` itself when it is one stream's per-sample shape.
+
+    Raises:
+        LayerSpecError: several streams (a list of shapes, after ``FanOut``).
+    """
+    if not isinstance(in_shape, tuple):
+        raise LayerSpecError(f"{who} expects a single stream; got shapes {in_shape}.")
+    return in_shape
+
+
 class Layer(ABC):
     """Base class of every infinite-width/finite-width layer description.
 

@@ -26,7 +26,7 @@ from ntkit.layers._spatial import (
     resolve_windows,
     window_sum,
 )
-from ntkit.layers.base import Layer, LayerSpecError, Shape
+from ntkit.layers.base import Layer, LayerSpecError, Shape, single_stream
 from ntkit.layers.dense import check_parameterization, check_std
 
 __all__ = ["Conv", "ConvNTK", "SpatialPad"]
@@ -41,8 +41,7 @@ def spatial_input(who: str, in_shape: Shape) -> tuple[int, tuple[int, ...]]:
     Raises:
         LayerSpecError: several streams, vector features, or more than 3 spatial axes.
     """
-    if not isinstance(in_shape, tuple):
-        raise LayerSpecError(f"{who} expects a single stream; got shapes {in_shape}.")
+    single_stream(who, in_shape)
     if len(in_shape) < 2 or len(in_shape) > 4:
         raise LayerSpecError(
             f"{who} expects channels-first inputs (n, C, L), (n, C, H, W) or (n, C, D, H, W); "

@@ -10,7 +10,7 @@ from torch import nn
 from ntkit.kernel import Kernel
 from ntkit.layers import _init
 from ntkit.layers._spatial import location_diagonal
-from ntkit.layers.base import Layer, LayerSpecError, Shape
+from ntkit.layers.base import Layer, LayerSpecError, Shape, single_stream
 from ntkit.layers.modules import DenseNTK
 
 __all__ = ["PARAMETERIZATIONS", "Dense", "Flatten", "Identity", "check_parameterization"]
@@ -183,9 +183,7 @@ class Flatten(Layer):
     memory_factor = 1.0
 
     def out_shape(self, in_shape: Shape) -> Shape:
-        if not isinstance(in_shape, tuple):
-            raise LayerSpecError(f"Flatten expects a single stream; got shapes {in_shape}.")
-        return (math.prod(in_shape),)
+        return (math.prod(single_stream("Flatten", in_shape)),)
 
     def input_layout(self, diagonal_spatial):
         return True

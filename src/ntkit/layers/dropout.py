@@ -9,7 +9,7 @@ from torch import nn
 
 from ntkit.kernel import Kernel
 from ntkit.layers._spatial import n_spatial
-from ntkit.layers.base import Layer, LayerSpecError, Shape
+from ntkit.layers.base import Layer, Shape, single_stream
 
 __all__ = ["Dropout"]
 
@@ -57,9 +57,7 @@ class Dropout(Layer):
         self.rate = rate
 
     def out_shape(self, in_shape: Shape) -> Shape:
-        if not isinstance(in_shape, tuple):
-            raise LayerSpecError(f"Dropout expects a single stream; got shapes {in_shape}.")
-        return in_shape
+        return single_stream("Dropout", in_shape)
 
     def kernel_rule(self, k: Kernel) -> Kernel:
         factor = 1.0 / (1.0 - self.rate)

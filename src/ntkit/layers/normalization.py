@@ -10,7 +10,7 @@ from torch import nn
 
 from ntkit.kernel import Kernel
 from ntkit.layers._spatial import pair_variances, self_variances
-from ntkit.layers.base import Layer, LayerSpecError, Shape
+from ntkit.layers.base import Layer, LayerSpecError, Shape, single_stream
 
 __all__ = ["ChannelLayerNorm", "LayerNorm"]
 
@@ -59,9 +59,7 @@ class LayerNorm(Layer):
         self.eps = eps
 
     def out_shape(self, in_shape: Shape) -> Shape:
-        if not isinstance(in_shape, tuple):
-            raise LayerSpecError(f"LayerNorm expects a single stream; got shapes {in_shape}.")
-        return in_shape
+        return single_stream("LayerNorm", in_shape)
 
     def kernel_rule(self, k: Kernel) -> Kernel:
         if not k.is_gaussian:
