@@ -27,7 +27,7 @@ from ntkit.layers._spatial import (
     window_sum,
 )
 from ntkit.layers.base import Layer, LayerSpecError, Shape, single_stream
-from ntkit.layers.dense import check_parameterization, check_std
+from ntkit.layers.dense import affine_kernel, check_parameterization, check_std
 
 __all__ = ["Conv", "ConvNTK", "SpatialPad"]
 
@@ -161,45 +161,6 @@ def patch_sum(t: torch.Tensor | None, batch_axes: int, windows, diagonal: bool):
     return t
 
 
-def _affine_in_place(
-    k: Kernel, *, w2: float, b_std, parameterization: str, fan_in: int, out_shape
-) -> Kernel:
-    """:func:`ntkit.layers.dense.affine_kernel` on freshly allocated tensors, in place.
-
-    ``nngp = w2 q + b^2``; NTK parameterization ``ntk = nngp + w2 ntk``; standard
-    ``ntk = fan_in q + w2 ntk (+ 1 with a bias)``, with ``q`` the summed input covariance.
-    """
-    b2 = 0.0 if b_std is None else b_std**2
-
-    def affine(t):
-        if t is None:
-            return None
-        t.mul_(w2)
-        return t.add_(b2) if b2 else t
-
-    ntk = k.ntk
-    if ntk is not None:
-        if parameterization == "ntk":
-            ntk.mul_(w2)  # + nngp below, once it is final
-        else:
-            ntk.mul_(w2).add_(k.nngp, alpha=float(fan_in))
-            if b_std is not None:
-                ntk.add_(1.0)
-    nngp = affine(k.nngp)
-    if ntk is not None and parameterization == "ntk":
-        ntk.add_(nngp)
-    return k.replace(
-        nngp=nngp,
-        ntk=ntk,
-        cov1=affine(k.cov1),
-        cov2=affine(k.cov2),
-        shape=out_shape,
-        is_gaussian=True,
-        independent=True,
-        decoupled=True,
-    )
-
-
 class Conv(Layer):
     """Convolution over ``(n, C, L)``, ``(n, C, H, W)`` or ``(n, C, D, H, W)`` inputs.
 
@@ -282,14 +243,15 @@ class Conv(Layer):
         )
         # The tap average's 1/taps is folded into the weight variance, and the standard
         # parameterization's fan_in * mean becomes C_in * sum. The summed tensors are
-        # fresh, so the affine map runs in place (same numbers as ``affine_kernel``).
-        return _affine_in_place(
+        # fresh, so the affine map runs in place.
+        return affine_kernel(
             summed,
             w2=self.w_std**2 / taps,
             b_std=self.b_std,
             parameterization=self.parameterization,
             fan_in=channels,
             out_shape=(self.out_channels, *(w.out for w in windows)),
+            inplace=True,
         )
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:

@@ -42,39 +42,53 @@ def check_std(value, name: str, allow_none: bool) -> float | None:
 def affine_kernel(
     k: Kernel,
     *,
-    w_std: float,
+    w2: float,
     b_std: float | None,
     parameterization: str,
     fan_in: int,
     out_shape: tuple[int, ...],
+    inplace: bool = False,
 ) -> Kernel:
     """Kernel of ``w x + b`` with fresh zero-mean weights, shared by Dense and Conv.
 
-    The NNGP is ``w_std^2 q + b_std^2``. The NTK is ``nngp_out + w_std^2 ntk_in`` under NTK
-    parameterization, and ``fan_in q + w_std^2 ntk_in (+ 1 with a bias)`` under standard
-    parameterization, where the weights' gradients are not rescaled by ``1/sqrt(fan_in)``.
-    ``k.nngp`` is the (already patch-summed) input covariance ``q``.
+    The NNGP is ``w2 q + b_std^2`` (``w2 = w_std^2``; Conv folds its tap average into it).
+    The NTK is ``nngp_out + w2 ntk_in`` under NTK parameterization, and
+    ``fan_in q + w2 ntk_in (+ 1 with a bias)`` under standard parameterization, where the
+    weights' gradients are not rescaled by ``1/sqrt(fan_in)``. ``k.nngp`` is the (already
+    patch-summed) input covariance ``q``. With ``inplace`` the tensors of ``k`` (fresh ones,
+    e.g. Conv's patch sums) are overwritten instead of copied.
     """
-    w2 = w_std**2
+    if not inplace:
+        k = k.replace(
+            nngp=k.nngp.clone(),
+            ntk=None if k.ntk is None else k.ntk.clone(),
+            cov1=k.cov1.clone(),
+            cov2=None if k.cov2 is None else k.cov2.clone(),
+        )
     b2 = 0.0 if b_std is None else b_std**2
 
     def affine(t):
-        return t * w2 + b2 if b2 else t * w2
+        if t is None:
+            return None
+        t.mul_(w2)
+        return t.add_(b2) if b2 else t
 
-    nngp = affine(k.nngp)
-    ntk = None
-    if k.ntk is not None:
+    ntk = k.ntk
+    if ntk is not None:
         if parameterization == "ntk":
-            ntk = torch.add(nngp, k.ntk, alpha=w2)
+            ntk.mul_(w2)  # + nngp below, once it is final
         else:
-            ntk = torch.add(k.nngp * float(fan_in), k.ntk, alpha=w2)
+            ntk.mul_(w2).add_(k.nngp, alpha=float(fan_in))
             if b_std is not None:
-                ntk = ntk + 1.0
+                ntk.add_(1.0)
+    nngp = affine(k.nngp)
+    if ntk is not None and parameterization == "ntk":
+        ntk.add_(nngp)
     return k.replace(
         nngp=nngp,
         ntk=ntk,
         cov1=affine(k.cov1),
-        cov2=None if k.cov2 is None else affine(k.cov2),
+        cov2=affine(k.cov2),
         shape=out_shape,
         is_gaussian=True,
         independent=True,
@@ -125,7 +139,7 @@ class Dense(Layer):
     def kernel_rule(self, k: Kernel) -> Kernel:
         return affine_kernel(
             k,
-            w_std=self.w_std,
+            w2=self.w_std**2,
             b_std=self.b_std,
             parameterization=self.parameterization,
             fan_in=k.shape[0],
