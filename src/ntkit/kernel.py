@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +61,11 @@ class Kernel:
     def replace(self, **changes) -> Kernel:
         """Return a copy with the given fields replaced."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def entries_per_pair(self) -> int:
+        """Entries of ``nngp`` per ``(x1, x2)`` pair (the product of its spatial axes)."""
+        return math.prod(self.nngp.shape[2:])
 
     @property
     def cov2_or_cov1(self) -> torch.Tensor:

@@ -54,16 +54,8 @@ def record_footprint(layer: Layer, k) -> None:
     if not _recorder:
         return
     kernels = k if isinstance(k, list) else [k]
-    entries = sum(entries_per_pair(ki) for ki in kernels)
+    entries = sum(ki.entries_per_pair for ki in kernels)
     _recorder[-1].append((float(layer.working_entries(k)), entries, repr(layer)))
-
-
-def entries_per_pair(k: Kernel) -> int:
-    """Entries of ``k.nngp`` per ``(x1, x2)`` pair (the product of its spatial axes)."""
-    return math.prod(k.nngp.shape[2:])
-
-
-_entries_per_pair = entries_per_pair
 
 
 @contextlib.contextmanager
@@ -250,8 +242,8 @@ def compute_kernel(
         n1,
         n2,
         symmetric=symmetric,
-        entries_in=_entries_per_pair(probe_in),
-        entries_out=_entries_per_pair(probe),
+        entries_in=probe_in.entries_per_pair,
+        entries_out=probe.entries_per_pair,
         cov_entries_in=math.prod(probe_in.cov1.shape[1:]),
         cov_entries_out=math.prod(probe.cov1.shape[1:]),
         footprints=footprints,

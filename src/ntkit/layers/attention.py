@@ -209,9 +209,6 @@ class GlobalSelfAttention(Layer):
     def input_layout(self, diagonal_spatial):
         return False
 
-    def working_entries(self, k: Kernel) -> float:
-        return self.memory_factor * math.prod(k.nngp.shape[2:])
-
     def kernel_rule(self, k: Kernel) -> Kernel:
         _, lengths = spatial_input(repr(self), k.shape)
         if k.diagonal_spatial:

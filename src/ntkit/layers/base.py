@@ -94,10 +94,8 @@ class Layer(ABC):
         input kernel(s); layers whose temporaries grow with their geometry (padding,
         windows) override it.
         """
-        from ntkit.layers._driver import entries_per_pair
-
         kernels = k if isinstance(k, list) else [k]
-        return self.memory_factor * sum(entries_per_pair(ki) for ki in kernels)
+        return self.memory_factor * sum(ki.entries_per_pair for ki in kernels)
 
     # --- derived -----------------------------------------------------------------------
     def apply_kernel(self, k: KernelOrList) -> KernelOrList:

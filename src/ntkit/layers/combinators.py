@@ -196,6 +196,12 @@ class _FanIn(Layer):
     needs_independence = True
     #: ``"independent"`` (sums, concatenations: zero-mean too) or ``"decoupled"`` (products)
     independence_flag = "independent"
+    correlated_message = (
+        "(none of them passes through a weight layer of its own after the FanOut, or one ends "
+        "in a nonlinearity that shifts its mean), so their cross-covariance is not zero and "
+        "the infinite-width kernel of the combination is not the combination of their "
+        "kernels. Give all but one branch its own Dense/Conv layer at the end."
+    )
 
     def _check_shapes(self, in_shape: Shape) -> list:
         if not isinstance(in_shape, list):
@@ -210,21 +216,9 @@ class _FanIn(Layer):
             raise LayerSpecError(f"{self.name}: branches carry different spatial layouts.")
         if self.needs_independence:
             shared = [i for i, k in enumerate(kernels) if not getattr(k, self.independence_flag)]
-            if len(shared) > 1 and self.independence_flag == "decoupled":
-                raise LayerSpecError(
-                    f"{self.name}: branches {shared} are correlated (none of them passes "
-                    "through a weight layer of its own after the FanOut), so the kernel of "
-                    "their product is not the product of their kernels. Give all but one "
-                    "branch its own Dense/Conv layer."
-                )
             if len(shared) > 1:
                 raise LayerSpecError(
-                    f"{self.name}: branches {shared} are correlated (none of them passes "
-                    "through a weight layer of its own after the FanOut, or one ends in a "
-                    "nonlinearity that shifts its mean), so their cross-covariance is not "
-                    "zero and the infinite-width kernel of the combination is not the "
-                    "combination of their kernels. Give all but one branch its own Dense/Conv "
-                    "layer at the end."
+                    f"{self.name}: branches {shared} are correlated " + self.correlated_message
                 )
         return kernels
 
@@ -278,6 +272,11 @@ class FanInProd(_FanIn):
     """
 
     independence_flag = "decoupled"
+    correlated_message = (
+        "(none of them passes through a weight layer of its own after the FanOut), so the "
+        "kernel of their product is not the product of their kernels. Give all but one "
+        "branch its own Dense/Conv layer."
+    )
 
     def out_shape(self, in_shape: Shape) -> Shape:
         shapes = self._check_shapes(in_shape)

@@ -8,24 +8,18 @@ import torch
 from torch import nn
 
 from ntkit.kernel import Kernel
-from ntkit.layers._spatial import n_spatial
+from ntkit.layers._spatial import location_diagonal, n_spatial
 from ntkit.layers.base import Layer, Shape, single_stream
 
 __all__ = ["Dropout"]
 
 
-def _scale_same_location(t: torch.Tensor, factor: float, n_sp: int, diagonal: bool, lead: int):
-    """Multiply the same-location entries of ``t`` by ``factor`` (in place on a copy).
-
-    ``t`` has ``lead`` leading (batch) axes, already restricted to same-sample entries.
-    """
+def _scale_same_location(t: torch.Tensor, factor: float, n_sp: int, diagonal: bool):
+    """A copy of ``t`` (one leading batch axis) with its same-location entries times ``factor``."""
     if n_sp == 0 or diagonal:
         return t * factor
     out = t.clone()
-    view = out
-    for _ in range(n_sp):
-        view = torch.diagonal(view, dim1=lead, dim2=lead + 1)
-    view.mul_(factor)
+    location_diagonal(out, n_sp, pair=False).mul_(factor)
     return out
 
 
@@ -67,7 +61,7 @@ class Dropout(Layer):
         def scale_cov(cov):
             if cov is None:
                 return None
-            return _scale_same_location(cov, factor, n_sp, diag, 1)
+            return _scale_same_location(cov, factor, n_sp, diag)
 
         def scale_pairs(t):
             if t is None or not k.x1_is_x2:
@@ -80,7 +74,7 @@ class Dropout(Layer):
             if rows.numel() == 0:
                 return t
             out = t.clone()
-            out[rows, cols] = _scale_same_location(t[rows, cols], factor, n_sp, diag, 1)
+            out[rows, cols] = _scale_same_location(t[rows, cols], factor, n_sp, diag)
             return out
 
         return k.replace(
