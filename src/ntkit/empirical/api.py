@@ -294,7 +294,7 @@ def monte_carlo_kernel(
     nngp = ntk = cov1 = cov2 = None
     for s in range(int(n_samples)):
         model = net.module(in_shape, seed=seed + s, dtype=dtype, device=x1.device)
-        if want_ntk and active_dropout(model) is not None:
+        if s == 0 and want_ntk and active_dropout(model) is not None:  # same architecture
             raise ValueError(
                 "monte_carlo_kernel cannot estimate the NTK of a network with Dropout: the "
                 "finite network redraws its masks on every call, so its empirical NTK is not "

@@ -67,6 +67,11 @@ def _sym(rows: int, d: int, sym: bool, unit: int = 1) -> float:
     return (nb + 1) / (2 * nb)
 
 
+def _autodiff_flops(plan, k: int, fwd: float) -> float:
+    """One forward per featurized sample and a backward (about 2 forwards) per direction."""
+    return plan.featurized / k * fwd + plan.featurized * 2.0 * fwd
+
+
 def _contract_flops(spec: ModeSpec, n1: int, n2: int, sym: bool, k: int, d: int) -> float:
     """FLOPs of contracting per-sample Jacobians of size ``d``."""
     if spec.how == "diag":
@@ -155,9 +160,8 @@ def estimate(
             budget,
             n_res,
         )
-        samples = plan.featurized / k
         t = seconds(
-            samples * fwd + plan.featurized * 2.0 * fwd,
+            _autodiff_flops(plan, k, fwd),
             _contract_flops(spec, n1, n2, sym, k, total_p),
             plan.featurized * total_p,
             _passes(plan),
@@ -173,11 +177,8 @@ def estimate(
         plan = plan_chunks(
             spec, n1, n2, sym, fixed, per_dir + prof.act_bytes, itemsize, budget, n_res
         )
-        samples = plan.featurized / k
         # measured: the probes' backward costs about as much as one with weight gradients
-        ad = samples * fwd + plan.featurized * 2.0 * fwd
-        if prof.generic:
-            ad += samples * fwd + plan.featurized * 2.0 * fwd
+        ad = (2 if prof.generic else 1) * _autodiff_flops(plan, k, fwd)
         mm, moved = _structured_costs(prof, spec, n1, n2, sym, k, not per_parameter)
         mm += sum(
             _contract_flops(spec, n1, n2, sym, k, prof.param_numel[nm]) for nm in prof.generic

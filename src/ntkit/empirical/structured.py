@@ -213,31 +213,31 @@ class StructuredFeaturizer:
                 hd.remove()
         out = out.reshape(n, -1)
         inputs = [t.detach() for t in inputs]
-        if not probes:
-            return [], inputs
-        if not out.requires_grad:  # the output does not depend on any covered module
-            return [
-                torch.zeros((n, k, *p.shape[1:]), dtype=p.dtype, device=p.device) for p in probes
-            ], [t.unsqueeze(1) for t in inputs]
         cot = directions[:, None, :].expand(k, n, directions.shape[1])
-        try:
-            grads = torch.autograd.grad(
-                out, probes, cot, retain_graph=True, allow_unused=True, is_grads_batched=True
-            )
-        except RuntimeError:
-            per_dir = [
-                torch.autograd.grad(out, probes, cot[a], retain_graph=True, allow_unused=True)
-                for a in range(k)
-            ]
-            grads = [
-                None if gs[0] is None else torch.stack(gs) for gs in zip(*per_dir, strict=True)
-            ]
+        if not out.requires_grad:  # the output depends on no covered module: zero cotangents
+            grads = [None] * len(probes)
+        else:
+            grads = self._batched_grads(out, probes, cot)
         g_probes = [
             torch.zeros((k, *p.shape), dtype=p.dtype, device=p.device) if g is None else g
             for g, p in zip(grads, probes, strict=True)
         ]
         # present them as a per-sample pass would: the module saw a batch of one
         return [g.transpose(0, 1).unsqueeze(2) for g in g_probes], [t.unsqueeze(1) for t in inputs]
+
+    @staticmethod
+    def _batched_grads(out, probes, cot) -> list:
+        """``d <cot_a, out> / d probe`` for every direction ``a`` (``None`` where unused)."""
+        try:
+            return torch.autograd.grad(
+                out, probes, cot, retain_graph=True, allow_unused=True, is_grads_batched=True
+            )
+        except RuntimeError:
+            per_dir = [
+                torch.autograd.grad(out, probes, cot_a, retain_graph=True, allow_unused=True)
+                for cot_a in cot
+            ]
+            return [None if gs[0] is None else torch.stack(gs) for gs in zip(*per_dir, strict=True)]
 
     def _generic_jacobians(self, x, directions) -> dict:
         prof, fm = self.prof, self.prof.fm
