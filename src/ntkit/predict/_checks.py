@@ -97,6 +97,15 @@ def resolve_ridge(ridge: float, ridge_relative: float | None, k: torch.Tensor, *
     return float(ridge)
 
 
+def check_learning_rate(learning_rate) -> float:
+    """``learning_rate`` as a float after checking it is a finite number > 0."""
+    if not isinstance(learning_rate, (int, float)) or isinstance(learning_rate, bool):
+        raise TypeError(f"learning_rate must be a float; got {type(learning_rate).__name__}.")
+    if not math.isfinite(learning_rate) or learning_rate <= 0:
+        raise ValueError(f"learning_rate must be finite and > 0; got {learning_rate}.")
+    return float(learning_rate)
+
+
 def check_reduction(reduction: str) -> str:
     """``"sum"`` or ``"mean"``, else ValueError."""
     if reduction not in REDUCTIONS:

@@ -33,6 +33,7 @@ import torch
 from ntkit.predict._checks import (
     KernelSystem,
     as_times,
+    check_learning_rate,
     check_reduction,
     resolve_ridge,
     symmetric_eigh,
@@ -210,12 +211,9 @@ def build_prediction(
 
 
 def _effective_rate(learning_rate: float, reduction: str, n_targets: int) -> float:
-    if not isinstance(learning_rate, (int, float)) or isinstance(learning_rate, bool):
-        raise TypeError(f"learning_rate must be a float; got {type(learning_rate).__name__}.")
-    if not math.isfinite(learning_rate) or learning_rate <= 0:
-        raise ValueError(f"learning_rate must be finite and > 0; got {learning_rate}.")
+    learning_rate = check_learning_rate(learning_rate)
     check_reduction(reduction)
-    return float(learning_rate) / (n_targets if reduction == "mean" else 1)
+    return learning_rate / (n_targets if reduction == "mean" else 1)
 
 
 def gradient_descent_mse(

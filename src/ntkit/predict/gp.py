@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from ntkit.predict._checks import KernelSystem, as_float_tensor, null_cutoff, resolve_ridge
+from ntkit.predict._checks import KernelSystem, as_float_tensor, resolve_ridge, symmetric_eigh
 
 __all__ = ["GPPosterior", "gp_posterior"]
 
@@ -40,8 +40,8 @@ class _Factor:
         chol, info = torch.linalg.cholesky_ex(a)
         self.chol = chol if int(info) == 0 else None
         if self.chol is None:
-            evals, self.evecs = torch.linalg.eigh(a)
-            keep = evals > null_cutoff(evals)
+            evals, self.evecs = symmetric_eigh(a)  # null space (<= cutoff) set to 0
+            keep = evals > 0
             self.inv_sqrt = torch.where(
                 keep, 1 / torch.sqrt(torch.where(keep, evals, 1.0)), torch.zeros_like(evals)
             )

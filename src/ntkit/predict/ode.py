@@ -14,13 +14,12 @@ Heavy-ball momentum ``beta`` integrates ``f'' + (1 - beta) f' = -eta K grad_f L(
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from ntkit.predict._checks import KernelSystem, as_times, check_reduction
+from ntkit.predict._checks import KernelSystem, as_times, check_learning_rate, check_reduction
 from ntkit.predict.dynamics import Prediction, build_prediction
 
 __all__ = ["ODEPredictor", "gradient_descent"]
@@ -182,10 +181,7 @@ def gradient_descent(
     """
     sys = KernelSystem.from_kernel(k_train_train)
     sys, y = sys.targets(y_train)
-    if not isinstance(learning_rate, (int, float)) or isinstance(learning_rate, bool):
-        raise TypeError(f"learning_rate must be a float; got {type(learning_rate).__name__}.")
-    if not math.isfinite(learning_rate) or learning_rate <= 0:
-        raise ValueError(f"learning_rate must be finite and > 0; got {learning_rate}.")
+    learning_rate = check_learning_rate(learning_rate)
     if momentum is not None and not 0 <= momentum < 1:
         raise ValueError(f"momentum must be None or in [0, 1); got {momentum}.")
     if isinstance(loss, str):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ntkit.predict._checks import KernelSystem, as_float_tensor, null_cutoff, resolve_ridge
+from ntkit.predict._checks import KernelSystem, as_float_tensor, resolve_ridge, symmetric_eigh
 
 __all__ = ["kernel_regression", "solve_psd"]
 
@@ -46,9 +46,9 @@ def solve_psd(k: torch.Tensor, y: torch.Tensor, *, ridge: float = 0.0) -> torch.
             return out
     a = k.clone()
     a.diagonal().add_(ridge)
-    evals, evecs = torch.linalg.eigh((a + a.T) / 2)
+    evals, evecs = symmetric_eigh(a)  # null space (<= cutoff) set to 0
     del a
-    keep = evals > null_cutoff(evals)
+    keep = evals > 0
     inv = torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)), 0.0)
     return evecs @ (inv[:, None] * (evecs.T @ y))
 

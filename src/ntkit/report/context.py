@@ -80,10 +80,17 @@ class ReportContext:
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
     def kernel(self, which: str) -> Kernel:
-        """Infinite-width kernel ``"train_train"`` or ``"test_train"`` (computed once)."""
+        """Infinite-width kernel ``"train_train"``, ``"test_train"`` or ``"test_test"``.
+
+        Each is computed once and timed as ``"kernel <which>"``.
+        """
         if which not in self._kernels:
             d = self.data
-            x1, x2 = {"train_train": (d.x_train, None), "test_train": (d.x_test, d.x_train)}[which]
+            x1, x2 = {
+                "train_train": (d.x_train, None),
+                "test_train": (d.x_test, d.x_train),
+                "test_test": (d.x_test, None),
+            }[which]
             with self.timed(f"kernel {which}"):
                 self._kernels[which] = self.net.kernel(x1, x2)
         return self._kernels[which]

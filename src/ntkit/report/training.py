@@ -35,13 +35,9 @@ TRAIN_STEPS = 200
 LR_FRACTION = 0.7
 
 
-def _test_test_kernel(ctx: ReportContext):
-    """``K(x_test, x_test)`` (computed once, kept on the context's kernel cache)."""
-    cache = ctx._kernels
-    if "test_test" not in cache:
-        with ctx.timed("kernel test_test"):
-            cache["test_test"] = ctx.net.kernel(ctx.data.x_test)
-    return cache["test_test"]
+def _noise(k: torch.Tensor, relative: float) -> float:
+    """Observation-noise variance ``relative * mean(diag k)`` (the posteriors' ``s^2``)."""
+    return relative * float(torch.diagonal(k).mean())
 
 
 def _gaussian_nll(mean, var, y) -> float:
@@ -53,7 +49,7 @@ def _gaussian_nll(mean, var, y) -> float:
 def gp_section(ctx: ReportContext) -> Section:
     """NNGP and NTK-GP posteriors, and the infinite NTK ensemble trained to convergence."""
     d, cfg = ctx.data, ctx.config
-    k_tt, k_st, k_ss = ctx.kernel("train_train"), ctx.kernel("test_train"), _test_test_kernel(ctx)
+    k_tt, k_st, k_ss = ctx.kernel("train_train"), ctx.kernel("test_train"), ctx.kernel("test_test")
     rel = cfg.ridge_relative or GP_NOISE_RELATIVE
     rows = []
     for name, label in (("nngp", "NNGP posterior"), ("ntk", "NTK-GP posterior")):
@@ -66,8 +62,7 @@ def gp_section(ctx: ReportContext) -> Section:
                 torch.diagonal(getattr(k_ss, name)),
                 noise_relative=rel,
             )
-        s2 = rel * float(torch.diagonal(k).mean())
-        rows.append((label, post.mean, post.cov + s2, s2))
+        rows.append((label, post.mean, post.cov + _noise(k, rel)))
 
     def kernel_fn(x1, x2):  # serve the cached kernels to the ensemble predictor
         if x1 is d.x_train and x2 is None:
@@ -80,10 +75,9 @@ def gp_section(ctx: ReportContext) -> Section:
         ens = gradient_descent_mse_ensemble(kernel_fn, d.x_train, d.y_train)(
             math.inf, d.x_test, cov="diag"
         )
-    s2 = rel * float(torch.diagonal(k_tt.ntk).mean())
-    rows.append(("NTK ensemble, t = inf (F4)", ens.mean, ens.cov + s2, s2))
+    rows.append(("NTK ensemble, t = inf (F4)", ens.mean, ens.cov + _noise(k_tt.ntk, rel)))
     table = []
-    for label, mean, var, _s2 in rows:
+    for label, mean, var in rows:
         acc = accuracy(mean, d.labels_test)
         ctx.results[f"test accuracy {label}"] = acc
         rmse = float(torch.sqrt(((mean - d.y_test) ** 2).mean()))

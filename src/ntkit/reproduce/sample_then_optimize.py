@@ -15,7 +15,7 @@ from torch.func import functional_call, vmap
 
 import ntkit as nk
 from ntkit.datasets import load_digits
-from ntkit.predict import gp_posterior
+from ntkit.predict import gp_posterior, kernel_regression
 from ntkit.report.sections import Section
 from ntkit.reproduce._common import mlp_spec
 
@@ -85,8 +85,7 @@ def _moments(model, x, y, xt, samples: int, seed: int) -> tuple[dict, list[list[
     ktt = nk.empirical_ntk(model, xt, mode="trace")
     # Matheron's rule per sample: the exact posterior sample for this delta0 and eps
     resid = (y[:, 0] - f0[:, 0])[None] + eps[..., 0] - jd0
-    alpha = torch.linalg.solve(k + NOISE * torch.eye(len(x), dtype=k.dtype), resid.T)
-    exact = ft0[:, 0] + jd0_test + (kt @ alpha).T
+    exact = ft0[:, 0] + jd0_test + kernel_regression(k, resid.T, kt, ridge=NOISE).T
     post = gp_posterior(k, y - f0, kt, ktt, noise=NOISE)
     mean, cov = post.mean.reshape(-1) + ft0[:, 0], post.cov
     m_hat, c_hat = draws.mean(0), torch.cov(draws.T)
