@@ -27,7 +27,7 @@ import torch
 
 from ntkit._validation import as_batch, check_same_features
 from ntkit.kernel import Kernel
-from ntkit.layers._spatial import transpose_pair
+from ntkit.layers._spatial import n_spatial, transpose_pair
 from ntkit.layers.base import Layer, LayerSpecError
 from ntkit.settings import default_kernel_dtype, default_max_memory, format_bytes
 
@@ -259,9 +259,9 @@ def compute_kernel(
     out_cov2 = (
         None if symmetric else torch.empty((n2, *probe.cov1.shape[1:]), dtype=dtype, device=device)
     )
-    n_sp = len(probe.shape) - 1
+    n_sp = n_spatial(probe)
 
-    workers = min(_workers(device), plan.n_tiles)
+    workers = min(plan.workers, plan.n_tiles)
     with _retained_heap(device.type == "cpu"):
         _fill(
             net,
@@ -431,6 +431,7 @@ class _Plan:
     tile_rows: int
     tile_cols: int
     n_tiles: int
+    workers: int  # tiles computed concurrently
 
 
 def _plan(
@@ -508,11 +509,9 @@ def _plan(
     tile_rows = max(1, min(n1, tile_pairs // tile_cols))
     if symmetric:  # the same-batch square must lie inside a row range's first tile
         tile_rows = min(tile_rows, tile_cols)
-    row_tiles = -(-n1 // tile_rows)
-    n_tiles = row_tiles * -(-n2 // tile_cols)
-    if symmetric:
-        n_tiles = sum(-(-(n2 - a0) // tile_cols) for a0 in range(0, n1, tile_rows))
-    return _Plan(tile_rows, tile_cols, n_tiles)
+    starts = range(0, n1, tile_rows)  # column tiles from each row range's start (symmetric)
+    n_tiles = sum(-(-(n2 - (a0 if symmetric else 0)) // tile_cols) for a0 in starts)
+    return _Plan(tile_rows, tile_cols, n_tiles, workers)
 
 
 def _fix_diagonal_square(block, var, *, n_sp_in: int, diagonal_spatial: bool) -> None:
