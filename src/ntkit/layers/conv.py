@@ -161,7 +161,41 @@ def patch_sum(t: torch.Tensor | None, batch_axes: int, windows, diagonal: bool):
     return t
 
 
-class Conv(Layer):
+class WindowedLayer(Layer):
+    """A layer sliding windows over the spatial axes (Conv, AvgPool, SumPool).
+
+    Subclasses set ``kernel_size``, ``stride`` and ``padding``; the resolved windows are
+    cached per input lengths (specs are immutable), since every tile asks for them.
+    """
+
+    kernel_size: object
+    stride: object
+    padding: object
+
+    def _windows(self, lengths: tuple[int, ...]) -> list[AxisWindow]:
+        cache = self.__dict__.setdefault("_window_cache", {})
+        if lengths not in cache:
+            cache[lengths] = resolve_windows(
+                repr(self), lengths, self.kernel_size, self.stride, self.padding
+            )
+        return cache[lengths]
+
+    def _window_working_entries(self, k: Kernel, power: int) -> float:
+        """Working entries per pair: ``memory_factor`` x entries x the largest growth.
+
+        The growth is that of the spatial axes (padding or output windows) along the
+        axis-by-axis computation, raised to ``power``.
+        """
+        _, lengths = spatial_input(repr(self), k.shape)
+        grown = largest = 1.0
+        for w in self._windows(lengths):
+            padded = w.length + (w.lo + w.hi if w.circular else 0)
+            grown *= (max(padded, w.out) / w.length) ** power
+            largest = max(largest, grown)
+        return self.memory_factor * largest * k.entries_per_pair
+
+
+class Conv(WindowedLayer):
     """Convolution over ``(n, C, L)``, ``(n, C, H, W)`` or ``(n, C, D, H, W)`` inputs.
 
     NTK parameterization (default): ``y = (w_std / sqrt(fan_in)) W * x + b_std b`` with
@@ -211,24 +245,12 @@ class Conv(Layer):
             if isinstance(value, int) and (isinstance(value, bool) or value < 1):
                 raise ValueError(f"Conv {name} must be positive; got {value!r}.")
 
-    def _windows(self, lengths: tuple[int, ...]) -> list[AxisWindow]:
-        return resolve_windows(repr(self), lengths, self.kernel_size, self.stride, self.padding)
-
     def out_shape(self, in_shape: Shape) -> Shape:
         _channels, lengths = spatial_input(repr(self), in_shape)
         return (self.out_channels, *(w.out for w in self._windows(lengths)))
 
     def working_entries(self, k: Kernel) -> float:
-        _, lengths = spatial_input(repr(self), k.shape)
-        windows = self._windows(lengths)
-        largest = 1.0
-        grown = 1.0
-        for w in windows:
-            padded = w.length + (w.lo + w.hi if w.circular else 0)
-            grown *= (max(padded, w.out) / w.length) ** (1 if k.diagonal_spatial else 2)
-            largest = max(largest, grown)
-        entries = math.prod(k.nngp.shape[2:])
-        return self.memory_factor * largest * entries
+        return self._window_working_entries(k, 1 if k.diagonal_spatial else 2)
 
     def kernel_rule(self, k: Kernel) -> Kernel:
         channels, lengths = spatial_input(repr(self), k.shape)

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ntkit.kernel import Kernel
-from ntkit.layers._spatial import AxisWindow, check_padding, resolve_windows, window_sum
+from ntkit.layers._spatial import check_padding, window_sum
 from ntkit.layers.base import Layer, LayerSpecError, Shape
-from ntkit.layers.conv import SpatialPad, flat_pads, spatial_input
+from ntkit.layers.conv import SpatialPad, WindowedLayer, flat_pads, spatial_input
 
 __all__ = ["AvgPool", "GlobalAvgPool", "GlobalSumPool", "SumPool"]
 
@@ -63,7 +63,7 @@ class PoolModule(nn.Module):
         return f"{kind}, kernel_size={self.kernel_size}, stride={self.stride}"
 
 
-class _WindowPool(Layer):
+class _WindowPool(WindowedLayer):
     """Shared code of AvgPool and SumPool."""
 
     memory_factor = 5.0
@@ -74,9 +74,6 @@ class _WindowPool(Layer):
         self.stride = kernel_size if stride is None else stride
         self.padding = check_padding(padding)
 
-    def _windows(self, lengths) -> list[AxisWindow]:
-        return resolve_windows(repr(self), lengths, self.kernel_size, self.stride, self.padding)
-
     def out_shape(self, in_shape: Shape) -> Shape:
         channels, lengths = spatial_input(repr(self), in_shape)
         return (channels, *(w.out for w in self._windows(lengths)))
@@ -85,13 +82,7 @@ class _WindowPool(Layer):
         return False
 
     def working_entries(self, k: Kernel) -> float:
-        _, lengths = spatial_input(repr(self), k.shape)
-        grown = largest = 1.0
-        for w in self._windows(lengths):
-            padded = w.length + (w.lo + w.hi if w.circular else 0)
-            grown *= max(padded, w.out) / w.length
-            largest = max(largest, grown)
-        return self.memory_factor * largest * math.prod(k.nngp.shape[2:])
+        return self._window_working_entries(k, 1)
 
     def kernel_rule(self, k: Kernel) -> Kernel:
         _require_full(repr(self), k)
