@@ -29,7 +29,7 @@ from torch import nn
 
 from ntkit.kernel import Kernel
 from ntkit.layers import _init
-from ntkit.layers.base import Layer, LayerSpecError, Shape
+from ntkit.layers.base import Layer, Shape, require_full_layout
 from ntkit.layers.conv import spatial_input
 from ntkit.layers.dense import check_std
 
@@ -211,11 +211,7 @@ class GlobalSelfAttention(Layer):
 
     def kernel_rule(self, k: Kernel) -> Kernel:
         _, lengths = spatial_input(repr(self), k.shape)
-        if k.diagonal_spatial:
-            raise LayerSpecError(
-                f"{self!r} needs the full location-by-location covariance of its input, but "
-                "the kernel reaching it keeps only same-location entries (diagonal_spatial)."
-            )
+        require_full_layout(repr(self), k)
         n_sp = len(lengths)
         ov2 = self.ov_std**2
         b2 = 0.0 if self.b_std is None else self.b_std**2

@@ -43,6 +43,19 @@ def single_stream(who: str, in_shape: Shape) -> tuple[int, ...]:
     return in_shape
 
 
+def require_full_layout(who: str, k: Kernel) -> None:
+    """Refuse a kernel that keeps only same-location entries (``diagonal_spatial``).
+
+    Raises:
+        LayerSpecError: ``k.diagonal_spatial`` is set.
+    """
+    if k.diagonal_spatial:
+        raise LayerSpecError(
+            f"{who} needs the full location-by-location covariance of its input, but the "
+            "kernel reaching it keeps only same-location entries (diagonal_spatial)."
+        )
+
+
 class Layer(ABC):
     """Base class of every infinite-width/finite-width layer description.
 

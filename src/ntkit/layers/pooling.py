@@ -18,20 +18,12 @@ from torch import nn
 
 from ntkit.kernel import Kernel
 from ntkit.layers._spatial import check_padding, window_sum
-from ntkit.layers.base import Layer, LayerSpecError, Shape
+from ntkit.layers.base import Layer, Shape, require_full_layout
 from ntkit.layers.conv import SpatialPad, WindowedLayer, flat_pads, spatial_input
 
 __all__ = ["AvgPool", "GlobalAvgPool", "GlobalSumPool", "SumPool"]
 
 _AVG_POOLS = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
-
-
-def _require_full(who: str, k: Kernel) -> None:
-    if k.diagonal_spatial:
-        raise LayerSpecError(
-            f"{who} needs the full location-by-location covariance of its input, but the "
-            "kernel reaching it keeps only same-location entries (diagonal_spatial)."
-        )
 
 
 class PoolModule(nn.Module):
@@ -85,7 +77,7 @@ class _WindowPool(WindowedLayer):
         return self._window_working_entries(k, 1)
 
     def kernel_rule(self, k: Kernel) -> Kernel:
-        _require_full(repr(self), k)
+        require_full_layout(repr(self), k)
         channels, lengths = spatial_input(repr(self), k.shape)
         windows = self._windows(lengths)
         scale = 1.0 / math.prod(w.size for w in windows) ** 2 if self.average else 1.0
@@ -171,7 +163,7 @@ class _GlobalPool(Layer):
         return False
 
     def kernel_rule(self, k: Kernel) -> Kernel:
-        _require_full(self.name, k)
+        require_full_layout(self.name, k)
         spatial = math.prod(k.shape[1:])
         scale = 1.0 / spatial**2 if self.average else 1.0
 
