@@ -268,11 +268,33 @@ def gradient_descent_mse(
         ValueError: non-square kernel, targets/outputs of mismatched shape, NaN/Inf,
             negative ridge or non-positive learning rate, unknown reduction.
     """
-    sys = KernelSystem.from_kernel(k_train_train)
+    return MSEPredictor(
+        *spectral_setup(
+            k_train_train, y_train, learning_rate, ridge, ridge_relative, reduction, discrete
+        )
+    )
+
+
+def spectral_setup(
+    k_train_train,
+    y_train,
+    learning_rate,
+    ridge,
+    ridge_relative,
+    reduction,
+    discrete,
+    name: str = "k_train_train",
+):
+    """Checked system, targets and :class:`SpectralFlow` shared by the MSE predictors.
+
+    Returns:
+        ``(sys, y, flow)``: the :class:`KernelSystem`, ``(N, m)`` targets, the flow.
+    """
+    sys = KernelSystem.from_kernel(k_train_train, name)
     sys, y = sys.targets(y_train)
     r = resolve_ridge(ridge, ridge_relative, sys.k)
     eta = _effective_rate(learning_rate, reduction, y.numel())
-    return MSEPredictor(sys, y, SpectralFlow(sys.k, eta, r, discrete))
+    return sys, y, SpectralFlow(sys.k, eta, r, discrete)
 
 
 def _lambda_max(k: torch.Tensor) -> float:

@@ -18,8 +18,8 @@ from typing import NamedTuple
 import torch
 
 from ntkit.kernel import Kernel
-from ntkit.predict._checks import KernelSystem, as_times, resolve_ridge
-from ntkit.predict.dynamics import SpectralFlow, _effective_rate, _matmul_times
+from ntkit.predict._checks import as_times
+from ntkit.predict.dynamics import _matmul_times, spectral_setup
 
 __all__ = ["Ensemble", "EnsemblePredictor", "gradient_descent_mse_ensemble"]
 
@@ -204,9 +204,14 @@ def gradient_descent_mse_ensemble(
         get = ("nngp", "ntk") if kernel == "ntk" else "nngp"
         kw = {"dtype": dtype, "max_memory": max_memory, "get": get}
     k_nngp, k_theta = _pick(kernel_fn(x_train, None, **kw), "kernel(x_train)", kernel)
-    sys = KernelSystem.from_kernel(k_theta, "kernel(x_train)")
-    sys, y = sys.targets(y_train)
-    r = resolve_ridge(ridge, ridge_relative, sys.k)
-    eta = _effective_rate(learning_rate, reduction, y.numel())
-    flow = SpectralFlow(sys.k, eta, r, discrete)
+    sys, y, flow = spectral_setup(
+        k_theta,
+        y_train,
+        learning_rate,
+        ridge,
+        ridge_relative,
+        reduction,
+        discrete,
+        "kernel(x_train)",
+    )
     return EnsemblePredictor(kernel_fn, x_train, y, sys, flow, k_nngp.to(y.dtype), kernel, kw)
