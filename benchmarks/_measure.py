@@ -50,3 +50,22 @@ def run_case(setup: str, statement: str, *, device: str = "cpu", repeats: int = 
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine(device: str = "cpu") -> str:
+    """What the numbers were measured on: the GPU's name, or the CPU model, cores, threads."""
+    import platform
+
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
+    except OSError:
+        names = []
+    if names:
+        cpu = f"{names[0]} ({len(names)} cores)"
+    return f"{cpu}, {torch.get_num_threads()} torch threads"

@@ -28,13 +28,13 @@ import datetime
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from _measure import machine
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
@@ -294,20 +294,7 @@ def summary(rows: list[dict]) -> list[str]:
 
 
 def markdown(rows: list[dict], device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    where = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"{cpu}, {torch.get_num_threads()} threads"
-    )
+    where = machine(str(device))
     out = [
         "# Empirical NTK benchmark",
         "",

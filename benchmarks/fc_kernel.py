@@ -13,7 +13,8 @@ import argparse
 import datetime
 from pathlib import Path
 
-from _measure import run_case
+import torch
+from _measure import machine, run_case
 
 SETUP = """
 import math
@@ -49,21 +50,6 @@ CASES = {
 }
 
 
-def _machine(device: str) -> str:
-    import platform
-
-    import torch
-
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    cpu = platform.machine()
-    with open("/proc/cpuinfo") as fh:
-        names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
-    if names:
-        cpu = f"{names[0]} ({len(names)} cores)"
-    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000])
@@ -72,8 +58,9 @@ def main() -> None:
     args = parser.parse_args()
     lines = [
         f"`python benchmarks/fc_kernel.py --sizes {' '.join(map(str, args.sizes))}"
-        f"{'' if args.device == 'cpu' else ' --device ' + args.device}` on {_machine(args.device)}"
-        f", {datetime.date.today()}. Depth-3 ReLU MLP (Dense(512) + ReLU twice, Dense(10); "
+        f"{'' if args.device == 'cpu' else ' --device ' + args.device}` on "
+        f"{machine(args.device)}, torch {torch.__version__}, {datetime.date.today()}. "
+        "Depth-3 ReLU MLP (Dense(512) + ReLU twice, Dense(10); "
         "w_std 1.5, b_std 0.05), NNGP + NTK, float64, d = 784, inputs standard normal. "
         "Each case in a fresh process; time: best of 2-3 calls; peak memory: increase of the "
         "resident-set peak (CPU) or of `max_memory_allocated` (CUDA) over the process after "

@@ -29,12 +29,12 @@ import ctypes
 import gc
 import math
 import os
-import platform
 import time
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import torch
+from _measure import machine
 
 from ntkit import layers as L
 from ntkit.predict import gradient_descent_mse, max_learning_rate, solve_psd
@@ -280,11 +280,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
-    where = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    )
+    where = machine(str(device))
     env = f"device: {where}; torch {torch.__version__}; load average at start {load:.1f}"
     print(env)
     rows1 = []
