@@ -109,8 +109,21 @@ def prepare(
     get=("nngp", "ntk"),
     dtype: torch.dtype | None = None,
     max_memory: int | None = None,
+    same_batch: bool | None = None,
 ) -> KernelProblem:
     """Validate the inputs and the description; probe one pair.
+
+    Args:
+        net: The layer description.
+        x1: ``(n1, *in_shape)`` inputs.
+        x2: ``(n2, *in_shape)`` inputs, or ``None`` for ``x2 = x1``.
+        get: ``"nngp"``, ``"ntk"`` or both.
+        dtype: Arithmetic dtype (float64 by default).
+        max_memory: Budget in bytes (default: a fraction of the available memory).
+        same_batch: Whether an explicit ``x2`` is the batch ``x1`` itself (its samples
+            pair with themselves on the diagonal). ``None`` (the default) decides by
+            equality, as ``net.kernel`` does; a tiler passes ``False`` for blocks of
+            different samples that happen to be equal.
 
     Raises:
         ValueError: bad inputs, a network that cannot be evaluated, or a budget that cannot
@@ -126,7 +139,17 @@ def prepare(
     if explicit_x2:
         x2 = as_batch(x2, "x2", dtype=dtype, device=None)
         check_same_features(x1, x2)
-    symmetric = (not explicit_x2) or x2 is x1 or (x2.shape == x1.shape and torch.equal(x1, x2))
+    if not explicit_x2:
+        symmetric = True
+    elif same_batch is None:
+        symmetric = x2 is x1 or (x2.shape == x1.shape and torch.equal(x1, x2))
+    else:
+        symmetric = bool(same_batch)
+        if symmetric and x2.shape != x1.shape:
+            raise ValueError(
+                f"same_batch=True needs x2 shaped like x1; got {tuple(x1.shape)} and "
+                f"{tuple(x2.shape)}."
+            )
     x2 = x1 if symmetric else x2
 
     in_shape = tuple(x1.shape[1:])
