@@ -92,7 +92,8 @@ def run_in_process(tasks, run: Callable, on_done: Callable) -> None:
 
 
 # ----------------------------------------------------------------------------- Dask
-def _check_picklable(obj, what: str) -> None:
+def check_picklable(obj, what: str) -> None:
+    """Raise :class:`NotPicklableError` when cloudpickle (Dask's pickler) fails on ``obj``."""
     import cloudpickle
 
     try:
@@ -181,7 +182,6 @@ def run_on_dask(
     """
     from distributed import as_completed
 
-    _check_picklable(tile_fn, f"the kernel function ({tile_fn!r})")
     if not client.scheduler_info().get("workers"):
         client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
     fn_f = client.scatter(tile_fn, broadcast=True, hash=False)

@@ -20,6 +20,7 @@ import torch
 from ntkit.kernel import Kernel
 from ntkit.settings import default_max_memory, format_bytes
 from ntkit.tiling._execute import (
+    check_picklable,
     compute_tile,
     dask_client,
     run_in_process,
@@ -166,9 +167,10 @@ def _compute(
     import contextlib
 
     tile = check_tile(tile)
-    ctx = (
-        contextlib.nullcontext(None) if executor is None else dask_client(executor, timeout=timeout)
-    )
+    ctx = contextlib.nullcontext(None)
+    if executor is not None:  # fail fast, before connecting, when the function cannot travel
+        check_picklable(prep.tile_fn, f"the kernel function ({prep.identity[1]!r})")
+        ctx = dask_client(executor, timeout=timeout)
     with ctx as client:
         workers = _n_workers(client)
         grid = _plan(prep, tile, workers, in_memory=in_memory)
