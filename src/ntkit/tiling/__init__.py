@@ -9,6 +9,13 @@
   ``ntkit.predict.conjugate_gradient``.
 """
 
-from ntkit.tiling.api import StoredKernel, kernel_matrix, kernel_store, open_store
-
 __all__ = ["StoredKernel", "kernel_matrix", "kernel_store", "open_store"]
+
+
+def __getattr__(name: str):
+    """Import the implementation on first use (``ntkit kernel --help`` stays quick)."""
+    if name in __all__:
+        from ntkit.tiling import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'ntkit.tiling' has no attribute {name!r}")
