@@ -15,10 +15,10 @@ def _psd(n, rank, seed):
     return f @ f.T + 0.3  # a constant offset, which centering removes
 
 
-def _hsic(k, l):
+def _hsic(k, m):
     n = k.shape[0]
     h = np.eye(n) - np.ones((n, n)) / n
-    return np.trace(k @ h @ l @ h) / (n - 1) ** 2
+    return np.trace(k @ h @ m @ h) / (n - 1) ** 2
 
 
 def test_center_matches_explicit_h():
