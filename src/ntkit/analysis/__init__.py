@@ -16,8 +16,10 @@ from ntkit.analysis.sharpness import (
     hessian_vector_product,
     sharpness,
 )
+from ntkit.analysis.tracker import NTKTracker
 
 __all__ = [
+    "NTKTracker",
     "TraceEstimate",
     "alignment",
     "center",
