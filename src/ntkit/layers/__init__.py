@@ -41,6 +41,7 @@ from ntkit.layers.combinators import (
     serial,
 )
 from ntkit.layers.conv import Conv
+from ntkit.layers.conv_transpose import ConvTranspose
 from ntkit.layers.dense import Dense, Flatten, Identity
 from ntkit.layers.dropout import Dropout
 from ntkit.layers.normalization import LayerNorm
@@ -52,6 +53,7 @@ __all__ = [
     "Activation",
     "AvgPool",
     "Conv",
+    "ConvTranspose",
     "Cos",
     "Dense",
     "Dropout",
