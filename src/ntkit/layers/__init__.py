@@ -41,6 +41,7 @@ from ntkit.layers.combinators import (
     serial,
 )
 from ntkit.layers.conv import Conv
+from ntkit.layers.conv_local import ConvLocal
 from ntkit.layers.conv_transpose import ConvTranspose
 from ntkit.layers.dense import Dense, Flatten, Identity
 from ntkit.layers.dropout import Dropout
@@ -53,6 +54,7 @@ __all__ = [
     "Activation",
     "AvgPool",
     "Conv",
+    "ConvLocal",
     "ConvTranspose",
     "Cos",
     "Dense",
