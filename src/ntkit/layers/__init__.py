@@ -27,6 +27,7 @@ from ntkit.layers.activations import (
     Sign,
     Sin,
 )
+from ntkit.layers.activations_extra import ExpNormalized, Gabor, SigmoidLike
 from ntkit.layers.attention import GlobalSelfAttention
 from ntkit.layers.base import Layer, LayerSpecError
 from ntkit.layers.combinators import (
@@ -62,12 +63,14 @@ __all__ = [
     "Elementwise",
     "Erf",
     "Exp",
+    "ExpNormalized",
     "FanInConcat",
     "FanInProd",
     "FanInSum",
     "FanOut",
     "Flatten",
     "GELU",
+    "Gabor",
     "Gaussian",
     "GlobalAvgPool",
     "GlobalSelfAttention",
@@ -85,6 +88,7 @@ __all__ = [
     "ReLU",
     "RectifiedMonomial",
     "Serial",
+    "SigmoidLike",
     "Sign",
     "Sin",
     "SumPool",
