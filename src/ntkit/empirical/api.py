@@ -6,19 +6,17 @@ import numpy as np
 import torch
 
 from ntkit._validation import as_batch, check_finite
-from ntkit.empirical.assemble import assemble, plan_chunks
-from ntkit.empirical.cost import IMPLEMENTATIONS, choose, estimate
+from ntkit.empirical.cost import CostContext, choose, estimate
 from ntkit.empirical.functional import (
     FunctionalModel,
     active_dropout,
     functionalize,
     transform_safe,
 )
-from ntkit.empirical.jacobian import JacobianFeaturizer
-from ntkit.empirical.modes import ModeSpec, mode_spec
+from ntkit.empirical.implementations import REGISTRY
+from ntkit.empirical.modes import mode_spec
 from ntkit.empirical.profile import profile
-from ntkit.empirical.structured import StructuredFeaturizer, feature_bytes
-from ntkit.empirical.vector_products import ntvp_kernel, ntvp_plan, vector_product
+from ntkit.empirical.vector_products import vector_product
 from ntkit.kernel import Kernel
 from ntkit.settings import default_max_memory, format_bytes
 
@@ -104,9 +102,9 @@ def empirical_ntk(
             hold the result.
         TypeError: ``model`` is neither a module nor a function, or inputs are not arrays.
     """
-    if implementation not in (*IMPLEMENTATIONS, "auto"):
+    if implementation not in (*REGISTRY, "auto"):
         raise ValueError(
-            f"implementation must be one of {(*IMPLEMENTATIONS, 'auto')}; got {implementation!r}."
+            f"implementation must be one of {(*REGISTRY, 'auto')}; got {implementation!r}."
         )
     fm = functionalize(model, params)
     x1, x2, dtype, device, out_device = _inputs(fm, x1, x2)
@@ -130,57 +128,22 @@ def _empirical_ntk(fm, x1, x2, mode, logit, implementation, per_parameter, max_m
     budget = default_max_memory(device) if max_memory is None else int(max_memory)
     itemsize = torch.finfo(dtype).bits // 8
     sym = x2 is None
-    ests = estimate(prof, spec, n1, n2, sym, itemsize, budget, device.type, per_parameter)
+    ctx = CostContext(prof, spec, n1, n2, sym, itemsize, budget, device.type, per_parameter)
     impl = implementation
     if impl == "auto":
-        if not ests:
-            _refuse(prof, spec, n1, n2, itemsize, budget, per_parameter)
+        ests = estimate(prof, spec, n1, n2, sym, itemsize, budget, device.type, per_parameter)
+        if not ests:  # the most frugal implementation's refusal, with its estimate
+            REGISTRY["structured"].cost(ctx)
+            raise ValueError(f"max_memory={format_bytes(budget)} cannot hold this kernel.")
         impl = choose(ests)
-    elif impl not in ests:
-        _refuse(prof, spec, n1, n2, itemsize, budget, per_parameter, impl)
+        est = ests[impl]
+    else:
+        est = REGISTRY[impl].cost(ctx)  # raises with the estimate when it cannot fit
     names = list(fm.params) if per_parameter else None
-    out = _compute(impl, fm, prof, x1, x2, spec, ests[impl].plan, names)
+    out = REGISTRY[impl].compute(ctx, est, x1, x2, names, 0)
     if per_parameter:
         return {n: spec.finalize(t).to(out_device) for n, t in out.items()}
     return spec.finalize(out).to(out_device)
-
-
-def _compute(impl, fm, prof, x1, x2, spec: ModeSpec, plan, names):
-    dtype = next(iter(fm.params.values())).dtype
-    if impl == "ntvp":
-        cols, rows = plan
-        if names is None:
-            return ntvp_kernel(fm, x1, x2, spec, cols, rows)
-        return {n: ntvp_kernel(fm, x1, x2, spec, cols, rows, params=[n]) for n in names}
-    if impl == "jacobian":
-        feat = JacobianFeaturizer(fm)
-    else:
-        feat = StructuredFeaturizer(prof, fuse=names is None)
-    feat.dtype = dtype
-    return assemble(feat, x1, x2, spec, plan, names)
-
-
-def _refuse(prof, spec, n1, n2, itemsize, budget, per_parameter, impl=None):
-    """Raise the memory error of the most frugal implementation (or of ``impl``)."""
-    n_res = len(prof.param_numel) if per_parameter else 1
-    if impl == "ntvp":
-        ntvp_plan(spec, n1, n2, prof.total_params, prof.act_bytes, itemsize, budget)
-    elif impl == "jacobian":
-        plan_chunks(
-            spec,
-            n1,
-            n2,
-            False,
-            prof.act_bytes,
-            prof.total_params * itemsize + 2 * prof.act_bytes,
-            itemsize,
-            budget,
-            n_res,
-            "this kernel with implementation='jacobian'",
-        )
-    fixed, per_dir = feature_bytes(prof, spec.n_directions, itemsize)
-    plan_chunks(spec, n1, n2, False, fixed, per_dir + prof.act_bytes, itemsize, budget, n_res)
-    raise ValueError(f"max_memory={format_bytes(budget)} cannot hold this kernel.")
 
 
 def ntk_vp(model, x1, x2, v, *, params=None, max_memory: int | None = None) -> torch.Tensor:
