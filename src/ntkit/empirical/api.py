@@ -68,6 +68,8 @@ def empirical_ntk(
     params=None,
     per_parameter: bool = False,
     max_memory: int | None = None,
+    dim: int | None = None,
+    seed: int = 0,
 ):
     """Empirical (finite-width) NTK ``Theta(x, x') = J(x) J(x')^T`` of a model.
 
@@ -86,12 +88,16 @@ def empirical_ntk(
         logit: Output index for ``mode="logit"``.
         implementation: ``"jacobian"`` (Jacobian contraction), ``"ntvp"`` (NTK-vector
             products), ``"structured"`` (per-module rules, exact fallback for other
-            parameters) or ``"auto"`` (chosen by a cost model).
+            parameters), ``"auto"`` (the exact one chosen by a cost model) or
+            ``"projected"`` (an unbiased estimate from ``dim`` random-projection features,
+            relative error about ``dim^-1/2``; see :func:`ntkit.ntk_features`).
         params: Names of the parameters to differentiate in (module; default: all that
             require grad), or the parameter dict (function).
         per_parameter: Return ``{name: kernel}`` instead of the sum over parameters.
         max_memory: Memory budget in bytes (default: half the available memory); inputs
             and outputs are chunked to fit, or a ``ValueError`` gives the estimate.
+        dim: Number of projected features (``implementation="projected"`` only).
+        seed: Seed of the projection (``implementation="projected"`` only).
 
     Returns:
         The kernel in the model's dtype (float32 or float64) on ``x1``'s device, or a dict
@@ -106,18 +112,35 @@ def empirical_ntk(
         raise ValueError(
             f"implementation must be one of {(*REGISTRY, 'auto')}; got {implementation!r}."
         )
+    if dim is not None and implementation != "projected":
+        raise ValueError(
+            f"dim={dim!r} is only used with implementation='projected'; got "
+            f"implementation={implementation!r}."
+        )
     fm = functionalize(model, params)
     x1, x2, dtype, device, out_device = _inputs(fm, x1, x2)
     with transform_safe():
         return _empirical_ntk(
-            fm, x1, x2, mode, logit, implementation, per_parameter, max_memory, out_device
+            fm,
+            x1,
+            x2,
+            mode,
+            logit,
+            implementation,
+            per_parameter,
+            max_memory,
+            out_device,
+            dim,
+            seed,
         )
 
 
-def _empirical_ntk(fm, x1, x2, mode, logit, implementation, per_parameter, max_memory, out_device):
+def _empirical_ntk(
+    fm, x1, x2, mode, logit, implementation, per_parameter, max_memory, out_device, dim, seed
+):
     dtype, device = _model_place(fm)
     pair = x1[:2] if (x1.shape[0] >= 2 or x2 is None) else torch.cat([x1[:1], x2[:1]])
-    prof = profile(fm, pair, use_rules=implementation in ("structured", "auto"))
+    prof = profile(fm, pair, use_rules=implementation in ("structured", "auto", "projected"))
     spec = mode_spec(mode, logit, prof.out_numel)
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
@@ -128,7 +151,9 @@ def _empirical_ntk(fm, x1, x2, mode, logit, implementation, per_parameter, max_m
     budget = default_max_memory(device) if max_memory is None else int(max_memory)
     itemsize = torch.finfo(dtype).bits // 8
     sym = x2 is None
-    ctx = CostContext(prof, spec, n1, n2, sym, itemsize, budget, device.type, per_parameter)
+    ctx = CostContext(
+        prof, spec, n1, n2, sym, itemsize, budget, device.type, per_parameter, dim=dim
+    )
     impl = implementation
     if impl == "auto":
         ests = estimate(prof, spec, n1, n2, sym, itemsize, budget, device.type, per_parameter)
@@ -140,7 +165,7 @@ def _empirical_ntk(fm, x1, x2, mode, logit, implementation, per_parameter, max_m
     else:
         est = REGISTRY[impl].cost(ctx)  # raises with the estimate when it cannot fit
     names = list(fm.params) if per_parameter else None
-    out = REGISTRY[impl].compute(ctx, est, x1, x2, names, 0)
+    out = REGISTRY[impl].compute(ctx, est, x1, x2, names, seed)
     if per_parameter:
         return {n: spec.finalize(t).to(out_device) for n, t in out.items()}
     return spec.finalize(out).to(out_device)
