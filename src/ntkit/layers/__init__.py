@@ -28,6 +28,7 @@ from ntkit.layers.activations import (
     Sign,
     Sin,
 )
+from ntkit.layers.activations_extra import ExpNormalized, Gabor, SigmoidLike
 from ntkit.layers.attention import GlobalSelfAttention
 from ntkit.layers.base import Layer
 from ntkit.layers.combinators import (
@@ -42,6 +43,8 @@ from ntkit.layers.combinators import (
     serial,
 )
 from ntkit.layers.conv import Conv
+from ntkit.layers.conv_local import ConvLocal
+from ntkit.layers.conv_transpose import ConvTranspose
 from ntkit.layers.dense import Dense, Flatten, Identity
 from ntkit.layers.dropout import Dropout
 from ntkit.layers.normalization import LayerNorm
@@ -53,18 +56,22 @@ __all__ = [
     "Activation",
     "AvgPool",
     "Conv",
+    "ConvLocal",
+    "ConvTranspose",
     "Cos",
     "Dense",
     "Dropout",
     "Elementwise",
     "Erf",
     "Exp",
+    "ExpNormalized",
     "FanInConcat",
     "FanInProd",
     "FanInSum",
     "FanOut",
     "Flatten",
     "GELU",
+    "Gabor",
     "Gaussian",
     "GlobalAvgPool",
     "GlobalSelfAttention",
@@ -82,6 +89,7 @@ __all__ = [
     "ReLU",
     "RectifiedMonomial",
     "Serial",
+    "SigmoidLike",
     "Sign",
     "Sin",
     "SumPool",
