@@ -43,17 +43,21 @@ def compute_kernel(
     return run_problem(net, problem)
 
 
-def run_problem(net, problem: KernelProblem, *, workers: int | None = None) -> Kernel:
+def run_problem(
+    net, problem: KernelProblem, *, workers: int | None = None, into: dict | None = None
+) -> Kernel:
     """Compute a prepared problem in memory: plan, tiles (threads on CPU), sink.
 
     Args:
         net: The layer description ``problem`` was prepared for.
         problem: From :func:`._planner.prepare`.
         workers: Tiles computed concurrently (default: one per torch thread on CPU).
+        into: Write the result into these tensors (views of a larger result) instead of
+            allocating it; see :class:`._sink.MemorySink`.
     """
     workers = default_workers(problem.device) if workers is None else int(workers)
     plan = plan_tiles(problem, workers=workers)
-    sink = MemorySink(problem)
+    sink = MemorySink(problem, into=into)
     x1, x2, layout = problem.x1, problem.x2, problem.layout
 
     def tile(a0, a1, j0, j1):

@@ -94,7 +94,10 @@ class LayerTiles:
         self.dtype = dtype
         self.budget = budget
 
-    def __call__(self, rows: torch.Tensor, cols: torch.Tensor, *, diagonal: bool) -> dict:
+    def __call__(
+        self, rows: torch.Tensor, cols: torch.Tensor, *, diagonal: bool, into: dict | None = None
+    ) -> dict | None:
+        """The tile's outputs; or, with ``into`` (views of the result), write them there."""
         from ntkit.layers._driver import run_problem
         from ntkit.layers._planner import prepare
 
@@ -108,8 +111,8 @@ class LayerTiles:
             max_memory=self.budget,
             same_batch=None if diagonal else False,
         )
-        k = run_problem(self.net, problem)
-        return _kernel_outputs(k, self.names)
+        k = run_problem(self.net, problem, into=into)
+        return None if into is not None else _kernel_outputs(k, self.names)
 
     def __repr__(self) -> str:
         return f"LayerTiles({self.net!r}, get={self.names})"

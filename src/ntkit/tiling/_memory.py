@@ -42,6 +42,27 @@ class MemoryResult:
         for name, index, mirrored in placements(self.grid, self.spec, bi, bj):
             self.arrays[name][index] = placed(self.spec, out, name, mirrored)
 
+    def views(self, bi: int, bj: int) -> dict:
+        """Views of the result where tile ``(bi, bj)`` goes (for tiles written in place)."""
+        a0, a1, j0, j1 = self.grid.ranges(bi, bj)
+        out = {name: self.arrays[name][a0:a1, j0:j1] for name in self.spec.names}
+        out["cov1"] = self.arrays["cov1"][a0:a1]
+        if "cov2" in self.arrays:
+            out["cov2"] = self.arrays["cov2"][j0:j1]
+        else:  # a symmetric result keeps no cov2: off-diagonal tiles write theirs to scratch
+            cov1 = self.arrays["cov1"]
+            out["cov2"] = cov1.new_empty((j1 - j0, *cov1.shape[1:]))
+        return out
+
+    def mirror_tile(self, bi: int, bj: int) -> None:
+        """Copy an off-diagonal tile written in place to its mirror (symmetric grids)."""
+        if not self.grid.symmetric or bi == bj:
+            return
+        a0, a1, j0, j1 = self.grid.ranges(bi, bj)
+        for name in self.spec.names:
+            t = self.arrays[name]
+            t[j0:j1, a0:a1] = self.spec.mirror(t[a0:a1, j0:j1])
+
     def place_region(self, name: str, index, data) -> None:
         """Copy an already placed region (read back from a store)."""
         self.arrays[name][index] = torch.as_tensor(data)

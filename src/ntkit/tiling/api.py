@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ntkit._host import retained_heap
 from ntkit.kernel import Kernel
 from ntkit.settings import default_max_memory, format_bytes
 from ntkit.tiling._execute import (
@@ -210,15 +211,31 @@ def _compute(
                 bar.advance()
 
             if client is None:
+                in_place = memory is not None and isinstance(prep.tile_fn, LayerTiles)
 
                 def run(bi, bj):
+                    if in_place:  # layer tiles write straight into the result
+                        a0, a1, j0, j1 = grid.ranges(bi, bj)
+                        diagonal = grid.symmetric and bi == bj
+                        cols = prep.x1 if prep.x2 is None else prep.x2
+                        into = memory.views(bi, bj)
+                        prep.tile_fn(prep.x1[a0:a1], cols[j0:j1], diagonal=diagonal, into=into)
+                        memory.mirror_tile(bi, bj)
+                        return bi, bj, None
                     if kstore is None:
                         return run_tile(prep.tile_fn, prep.x1, prep.x2, grid, prep.spec, bi, bj)
                     out = compute_tile(prep.tile_fn, prep.x1, prep.x2, grid, prep.spec, bi, bj)
                     kstore.write_tile(bi, bj, out, prep.spec)
                     return bi, bj, None
 
-                run_in_process(todo, run, on_done)
+                def done(result):
+                    if not in_place:
+                        on_done(result)
+                    else:
+                        bar.advance()
+
+                with retained_heap(prep.x1.device.type == "cpu"):
+                    run_in_process(todo, run, done)
             else:
                 run_on_dask(
                     client,
