@@ -110,6 +110,7 @@ def prepare(
     dtype: torch.dtype | None = None,
     max_memory: int | None = None,
     same_batch: bool | None = None,
+    checked: bool = False,
 ) -> KernelProblem:
     """Validate the inputs and the description; probe one pair.
 
@@ -124,6 +125,8 @@ def prepare(
             pair with themselves on the diagonal). ``None`` (the default) decides by
             equality, as ``net.kernel`` does; a tiler passes ``False`` for blocks of
             different samples that happen to be equal.
+        checked: ``x1``/``x2`` are tensors already converted to ``dtype`` and validated
+            (a tiler's slices of validated inputs): skip the conversion and the NaN scan.
 
     Raises:
         ValueError: bad inputs, a network that cannot be evaluated, or a budget that cannot
@@ -134,11 +137,12 @@ def prepare(
     dtype = default_kernel_dtype() if dtype is None else dtype
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating dtype; got {dtype}.")
-    x1 = as_batch(x1, "x1", dtype=dtype)
     explicit_x2 = x2 is not None
-    if explicit_x2:
-        x2 = as_batch(x2, "x2", dtype=dtype, device=None)
-        check_same_features(x1, x2)
+    if not checked:
+        x1 = as_batch(x1, "x1", dtype=dtype)
+        if explicit_x2:
+            x2 = as_batch(x2, "x2", dtype=dtype, device=None)
+            check_same_features(x1, x2)
     if not explicit_x2:
         symmetric = True
     elif same_batch is None:

@@ -110,6 +110,7 @@ class LayerTiles:
             dtype=self.dtype,
             max_memory=self.budget,
             same_batch=None if diagonal else False,
+            checked=rows.dtype == self.dtype,  # slices of inputs validated by the tiler
         )
         k = run_problem(self.net, problem, into=into)
         return None if into is not None else _kernel_outputs(k, self.names)
