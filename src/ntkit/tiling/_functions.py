@@ -141,6 +141,25 @@ class CallTiles:
         return f"CallTiles({getattr(self.fn, '__qualname__', repr(self.fn))})"
 
 
+class OnDevice:
+    """Run a tile function on ``device`` (on a Dask worker: that worker's device).
+
+    With one worker per GPU (``CUDA_VISIBLE_DEVICES=i dask worker ...``), ``"cuda"`` is each
+    worker's own GPU. Outputs come back to the caller's device when they are placed.
+    """
+
+    def __init__(self, inner, device):
+        self.inner = inner
+        self.device = str(device)
+
+    def __call__(self, rows, cols, **kwargs):
+        device = torch.device(self.device)
+        return self.inner(rows.to(device), cols.to(device), **kwargs)
+
+    def __repr__(self) -> str:
+        return f"OnDevice({self.inner!r}, {self.device!r})"
+
+
 def _as_block(out, rows, cols) -> torch.Tensor:
     if not isinstance(out, torch.Tensor):
         try:

@@ -32,6 +32,7 @@ from ntkit.tiling._fingerprint import fingerprint, tensor_fingerprint
 from ntkit.tiling._functions import (
     CallTiles,
     LayerTiles,
+    OnDevice,
     OutputSpec,
     _as_names,
     _kernel_spec,
@@ -79,7 +80,15 @@ def _as_inputs(x, name: str) -> torch.Tensor:
     return x
 
 
-def _prepare(fn, x1, x2, *, get, dtype, max_memory) -> _Prepared:
+def _prepare(fn, x1, x2, *, get, dtype, max_memory, device=None) -> _Prepared:
+    prep = _prepare_on_host(fn, x1, x2, get=get, dtype=dtype, max_memory=max_memory)
+    if device is not None:
+        torch.device(device)  # validates the name
+        prep.tile_fn = OnDevice(prep.tile_fn, device)
+    return prep
+
+
+def _prepare_on_host(fn, x1, x2, *, get, dtype, max_memory) -> _Prepared:
     if is_layer_kernel(fn):
         from ntkit.layers._planner import prepare
 
@@ -143,8 +152,12 @@ def _tile_budget(prep: _Prepared, grid: TileGrid, workers: int, *, in_memory: bo
             "ntkit.tiling.kernel_store(..., store=PATH) and read it block by block "
             "(StoredKernel.operator(), .to_dask()), or raise max_memory."
         )
-    if isinstance(prep.tile_fn, LayerTiles):
-        prep.tile_fn.budget = int(left // max(1, workers))
+    if isinstance(_inner(prep.tile_fn), LayerTiles):
+        _inner(prep.tile_fn).budget = int(left // max(1, workers))
+
+
+def _inner(tile_fn):
+    return tile_fn.inner if isinstance(tile_fn, OnDevice) else tile_fn
 
 
 # ----------------------------------------------------------------------------- running
@@ -211,7 +224,7 @@ def _compute(
                 bar.advance()
 
             if client is None:
-                in_place = memory is not None and isinstance(prep.tile_fn, LayerTiles)
+                in_place = memory is not None and isinstance(_inner(prep.tile_fn), LayerTiles)
 
                 def run(bi, bj):
                     if in_place:  # layer tiles write straight into the result
@@ -266,6 +279,7 @@ def kernel_matrix(
     dtype: torch.dtype | None = None,
     max_memory: int | None = None,
     timeout: float | None = None,
+    device: str | torch.device | None = None,
 ) -> Kernel | torch.Tensor:
     """A kernel matrix computed tile by tile; resumable with a store, distributed with Dask.
 
@@ -295,6 +309,9 @@ def kernel_matrix(
         max_memory: Memory budget in bytes (default: a fraction of the available memory).
             The in-memory result must fit; use :func:`kernel_store` for larger ones.
         timeout: Seconds to wait for a Dask scheduler (default 30).
+        device: Where tiles are computed (default: where ``x1`` is), e.g. ``"cuda"``; on
+            Dask workers started one per GPU, each worker's own GPU. Results are assembled
+            on ``x1``'s device (or written to the store).
 
     Returns:
         What ``fn`` returns, for all pairs: an :class:`ntkit.Kernel` (layers and
@@ -310,7 +327,7 @@ def kernel_matrix(
         ConnectionError: the Dask scheduler cannot be reached within ``timeout``.
         NotPicklableError: ``fn`` cannot be sent to Dask workers.
     """
-    prep = _prepare(fn, x1, x2, get=get, dtype=dtype, max_memory=max_memory)
+    prep = _prepare(fn, x1, x2, get=get, dtype=dtype, max_memory=max_memory, device=device)
     grid, memory, kstore = _compute(
         prep,
         tile=tile,
@@ -345,6 +362,7 @@ def kernel_store(
     dtype: torch.dtype | None = None,
     max_memory: int | None = None,
     timeout: float | None = None,
+    device: str | torch.device | None = None,
 ) -> StoredKernel:
     """Like :func:`kernel_matrix`, but leave the result in the store and return a handle.
 
@@ -356,7 +374,7 @@ def kernel_store(
     """
     if store is None:
         raise ValueError("kernel_store needs store=PATH (a zarr directory).")
-    prep = _prepare(fn, x1, x2, get=get, dtype=dtype, max_memory=max_memory)
+    prep = _prepare(fn, x1, x2, get=get, dtype=dtype, max_memory=max_memory, device=device)
     _, _, kstore = _compute(
         prep,
         tile=tile,
