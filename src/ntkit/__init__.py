@@ -38,15 +38,27 @@ _EXPORTS: dict[str, str] = {
 _SUBMODULES: tuple[str, ...] = (
     "datasets",
     "empirical",
+    "errors",
     "layers",
     "predict",
     "report",
     "reproduce",
     "settings",
+    "tiling",
 )
 
 if TYPE_CHECKING:
-    from ntkit import datasets, empirical, layers, predict, report, reproduce, settings
+    from ntkit import (
+        datasets,
+        empirical,
+        errors,
+        layers,
+        predict,
+        report,
+        reproduce,
+        settings,
+        tiling,
+    )
     from ntkit.empirical import (
         empirical_ntk,
         linearize,
