@@ -15,6 +15,7 @@ from ntkit.reproduce import (
     pntk,
     polynomial,
     sample_then_optimize,
+    super_consistency,
 )
 
 EXPERIMENTS = {
@@ -26,6 +27,7 @@ EXPERIMENTS = {
         curves,
         polynomial,
         sample_then_optimize,
+        super_consistency,
     )
 }
 
