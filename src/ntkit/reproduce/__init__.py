@@ -12,6 +12,7 @@ from ntkit.reproduce import (
     curves,
     min_eigenvalue,
     ntk_convergence,
+    ntk_evolution_adversarial,
     pntk,
     polynomial,
     sample_then_optimize,
@@ -28,6 +29,7 @@ EXPERIMENTS = {
         polynomial,
         sample_then_optimize,
         super_consistency,
+        ntk_evolution_adversarial,
     )
 }
 
