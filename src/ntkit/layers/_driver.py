@@ -27,6 +27,7 @@ import torch
 
 from ntkit._validation import as_batch, check_same_features
 from ntkit.kernel import Kernel
+from ntkit.layers._autograd import differentiable_kernel, needs_grad
 from ntkit.layers._spatial import n_spatial, transpose_pair
 from ntkit.layers.base import Layer, LayerSpecError
 from ntkit.settings import default_kernel_dtype, default_max_memory, format_bytes
@@ -192,6 +193,10 @@ def compute_kernel(
     max_memory: int | None = None,
 ) -> Kernel:
     """Evaluate ``net``'s infinite-width kernel between ``x1`` and ``x2``; see ``Layer.kernel``."""
+    if needs_grad(net, x1, x2):  # autograd: tiled forward, tile-wise recomputing backward
+        return differentiable_kernel(
+            compute_kernel, net, x1, x2, get=get, dtype=dtype, max_memory=max_memory
+        )
     want_ntk = _parse_get(get)
     dtype = default_kernel_dtype() if dtype is None else dtype
     if not dtype.is_floating_point:
