@@ -262,11 +262,19 @@ def test_many_tiles_match_one_tile(monkeypatch):
         loss = (net.kernel(a).ntk * w).sum() + net.kernel(a, b).nngp.square().sum()
         return torch.autograd.grad(loss, (a, b))
 
-    ref = grads()
-    monkeypatch.setattr(_autograd, "BACKWARD_TILE_ENTRIES", 4)
-    tiled = grads()
-    for r, t in zip(ref, tiled):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ref = grads()
+        monkeypatch.setattr(_autograd, "BACKWARD_TILE_ENTRIES", 4)
+        tiled = grads()
+        torch.set_num_threads(2)  # tiles in two worker threads
+        parallel = grads()
+    finally:
+        torch.set_num_threads(threads)
+    for r, t, p in zip(ref, tiled, parallel):
         torch.testing.assert_close(t, r, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(p, r, rtol=1e-12, atol=1e-12)
 
 
 def test_gradient_against_closed_form_relu_diagonal():

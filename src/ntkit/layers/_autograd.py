@@ -20,6 +20,7 @@ Only first derivatives are supported (no double backward).
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
@@ -175,6 +176,9 @@ def _backward(spec, x1, x2, params, g, symmetric, want, want_params):
     n_sp_out = len(k.shape) - 1
     entries = max(1, math.prod(k.nngp.shape[2:]), _entries_in(x1, diagonal_spatial))
     side = max(1, math.isqrt(max(1, BACKWARD_TILE_ENTRIES // entries)))
+    workers = D._workers(x1.device)
+    if workers > 1:  # at least ~2 tiles per worker, so the workers share the work
+        side = min(side, max(16, -(-max(n1, n2) // workers)))
     rows = min(n1, side)
     cols = min(n2, max(side, rows))
     plan = D._Plan(rows, cols, 0, 1)
@@ -200,61 +204,60 @@ def _backward(spec, x1, x2, params, g, symmetric, want, want_params):
     # gradients back onto the originals; a parameter derived from another is not counted twice).
     leaves = {id(p): p.detach().requires_grad_(w) for p, w in zip(params, want_params)}
     tracked = [leaves[id(p)] for p, w in zip(params, want_params) if w]
-    with substituted(net, leaves):
-        for a0, a1, j0, j1 in D._tiles(n1, n2, plan, tile_symmetric):
-            gout = {
-                "nngp": tile_grad(g.get("nngp"), a0, a1, j0, j1),
-                "ntk": tile_grad(g.get("ntk"), a0, a1, j0, j1),
-                "cov1": None,
-                "cov2": None,
-            }
-            first_col = j0 == (a0 if tile_symmetric else 0)
-            if first_col and g.get("cov1") is not None:
-                gout["cov1"] = g["cov1"][a0:a1]
-            if not tile_symmetric and a0 == 0 and g.get("cov2") is not None:
-                gout["cov2"] = g["cov2"][j0:j1]
-            if all(v is None for v in gout.values()):
-                continue
-            with torch.enable_grad():
-                col_grad = want[0] if same else want[1]
-                xr = x1[a0:a1].detach().requires_grad_(want[0])
-                xc = xb[j0:j1].detach().requires_grad_(col_grad)
-                k_out = _tile(
-                    net,
-                    xr,
-                    xc,
-                    a0,
-                    a1,
-                    j0,
-                    j1,
-                    tile_symmetric,
-                    diagonal_spatial,
-                    want_ntk,
-                    in_shape,
-                )
-                outs, gs = [], []
-                for name, gt in gout.items():
-                    t = getattr(k_out, name)
-                    if gt is not None and t is not None and t.requires_grad:
-                        outs.append(t)
-                        gs.append(gt)
-                if not outs:
-                    continue
-                inputs = [t for t in (xr, xc) if t.requires_grad] + tracked
-                grads = list(torch.autograd.grad(outs, inputs, gs, allow_unused=True))
-            gr = grads.pop(0) if xr.requires_grad else None
-            gc = grads.pop(0) if xc.requires_grad else None
-            gp = grads
+    lock = threading.Lock()
+
+    def one_tile(a0, a1, j0, j1):
+        gout = {
+            "nngp": tile_grad(g.get("nngp"), a0, a1, j0, j1),
+            "ntk": tile_grad(g.get("ntk"), a0, a1, j0, j1),
+            "cov1": None,
+            "cov2": None,
+        }
+        first_col = j0 == (a0 if tile_symmetric else 0)
+        if first_col and g.get("cov1") is not None:
+            gout["cov1"] = g["cov1"][a0:a1]
+        if not tile_symmetric and a0 == 0 and g.get("cov2") is not None:
+            gout["cov2"] = g["cov2"][j0:j1]
+        if all(v is None for v in gout.values()):
+            return
+        with torch.enable_grad():
+            xr = x1[a0:a1].detach().requires_grad_(want[0])
+            xc = xb[j0:j1].detach().requires_grad_(want[0] if same else want[1])
+            k_out = _tile(
+                net, xr, xc, a0, a1, j0, j1, tile_symmetric, diagonal_spatial, want_ntk, in_shape
+            )
+            outs, gs = [], []
+            for name, gt in gout.items():
+                t = getattr(k_out, name)
+                if gt is not None and t is not None and t.requires_grad:
+                    outs.append(t)
+                    gs.append(gt)
+            if not outs:
+                return
+            inputs = [t for t in (xr, xc) if t.requires_grad] + tracked
+            grads = list(torch.autograd.grad(outs, inputs, gs, allow_unused=True))
+        gr = grads.pop(0) if xr.requires_grad else None
+        gc = grads.pop(0) if xc.requires_grad else None
+        with lock:  # tiles share rows and parameters
             if gr is not None:
                 grad_x1[a0:a1] += gr
             if gc is not None:
                 (grad_x1 if same else grad_x2)[j0:j1] += gc
-            it = iter(gp)
+            it = iter(grads)
             for i, w in enumerate(want_params):
                 if w:
                     gi = next(it)
                     if gi is not None:
                         grad_params[i] = grad_params[i] + gi
+
+    tiles = list(D._tiles(n1, n2, plan, tile_symmetric))
+    workers = min(D._workers(x1.device), len(tiles))
+    with substituted(net, leaves), D._retained_heap(x1.device.type == "cpu"):
+        if workers <= 1:
+            for t in tiles:
+                one_tile(*t)
+        else:
+            D._run_parallel(one_tile, iter(tiles), workers)
     return grad_x1, grad_x2, grad_params
 
 

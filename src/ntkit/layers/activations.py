@@ -172,16 +172,65 @@ class ABReLU(Activation):
     def expectations(self, q12, q11, q22, need_dot):
         f = (self.a - self.b) ** 2 / _TWO_PI
         half_sq = (self.a**2 + self.b**2) / 2.0
+        if tracks_grad(q12, q11, q22, f, half_sq):
+            nngp, dot = _ArcCosine.apply(q12, q11, q22, f, half_sq)
+            return nngp, (dot if need_dot else None)
         gap, theta = _sine_gap(q12, q11, q22)
-        if tracks_grad(q12, q11, q22, f):
-            dot = half_sq - f * theta
-            return gap * f + dot * q12, (dot if need_dot else None)
         dot = theta.mul_(-f).add_(half_sq)
         nngp = torch.addcmul(gap.mul_(f), dot, q12)
         return nngp, (dot if need_dot else None)
 
     def __repr__(self):
         return f"ABReLU(a={value_of(self.a)}, b={value_of(self.b)})"
+
+
+class _ArcCosine(torch.autograd.Function):
+    """``ABReLU``'s expectations with an analytic backward (cheaper than autograd's graph).
+
+    ``nngp = f S + dot q12`` and ``dot = h - f theta`` with ``S`` the sine gap and
+    ``theta = atan2(S, q12)``. Derivatives: ``d nngp/d q12 = dot`` (Price's theorem),
+    ``d nngp/d q11 = f S / (2 q11)``, ``d dot/d q12 = f / S``,
+    ``d dot/d q11 = -f q12 / (2 q11 S)`` (and likewise for ``q22``). Where ``S = 0`` the
+    arguments are perfectly correlated and the terms in ``1/S`` are taken along that manifold
+    (0), as in :func:`_sine_gap`.
+    """
+
+    @staticmethod
+    def forward(ctx, q12, q11, q22, f, h):
+        gap, theta = _sine_gap(q12, q11, q22)
+        dot = h - f * theta
+        nngp = f * gap + dot * q12
+        ctx.save_for_backward(q12, q11, q22, gap, theta, dot)
+        ctx.f = f
+        ctx.shapes = (q12.shape, q11.shape, q22.shape)
+        ctx.tensor_params = (isinstance(f, torch.Tensor), isinstance(h, torch.Tensor))
+        return nngp, dot
+
+    @staticmethod
+    def backward(ctx, g_nngp, g_dot):
+        q12, q11, q22, gap, theta, dot = ctx.saved_tensors
+        f = ctx.f
+        if isinstance(f, torch.Tensor):
+            f = f.detach()
+        s12, s11, s22 = ctx.shapes
+        g_nngp = torch.zeros_like(dot) if g_nngp is None else g_nngp
+        g_dot = torch.zeros_like(dot) if g_dot is None else g_dot
+        positive = gap > 0
+        inv_gap = torch.where(positive, 1.0 / torch.where(positive, gap, 1.0), 0.0)
+        g12 = g_nngp * dot + g_dot * f * inv_gap
+        # f (gN S^2 - gD q12) / (2 S) / q_ii, zero where S = 0
+        common = (g_nngp * gap - g_dot * q12 * inv_gap) * (f / 2.0)
+        g11 = g22 = None
+        if ctx.needs_input_grad[1]:
+            g11 = (common / torch.where(q11 > 0, q11, 1.0)).sum_to_size(s11)
+        if ctx.needs_input_grad[2]:
+            g22 = (common / torch.where(q22 > 0, q22, 1.0)).sum_to_size(s22)
+        gf = gh = None
+        if ctx.tensor_params[0] and ctx.needs_input_grad[3]:
+            gf = (g_nngp * (gap - theta * q12) - g_dot * theta).sum()
+        if ctx.tensor_params[1] and ctx.needs_input_grad[4]:
+            gh = (g_nngp * q12 + g_dot).sum()
+        return g12.sum_to_size(s12), g11, g22, gf, gh
 
 
 class ReLU(ABReLU):
