@@ -80,6 +80,9 @@ ACTIVATIONS = [
     ("Hermite", lambda: L.Hermite(3), ()),
     ("RectifiedMonomial0", lambda: L.RectifiedMonomial(0), ()),
     ("RectifiedMonomial2", lambda: L.RectifiedMonomial(2), ()),
+    ("SigmoidLike", lambda: L.SigmoidLike(), ()),
+    ("Gabor", lambda: L.Gabor(), ()),
+    ("ExpNormalized", lambda g, s: L.ExpNormalized(g, s), (0.7, -0.8)),
     ("ElementwiseTanh", lambda: L.Elementwise(torch.tanh, degree=8), ()),
     (
         "ElementwiseClosedForm",
@@ -206,6 +209,21 @@ def test_conv_1d_circular_standard_parameterization():
         L.Dense(1),
     )
     _check_inputs(net, (2, 5))
+
+
+def test_local_and_transposed_convolutions():
+    def build(w1, b1, w2):
+        return L.serial(
+            L.ConvLocal(2, 2, w_std=w1, b_std=b1),
+            L.Erf(),
+            L.ConvTranspose(2, 2, stride=2, w_std=w2),
+            L.ReLU(),
+            L.Flatten(),
+            L.Dense(1),
+        )
+
+    _check_inputs(build(1.2, 0.3, 0.9), (1, 3), n1=2, n2=2)
+    _check_params(build, (1.2, 0.3, 0.9), (1, 3), n1=2, n2=2)
 
 
 def test_attention():

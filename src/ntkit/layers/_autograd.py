@@ -27,6 +27,7 @@ import torch
 from ntkit.kernel import Kernel
 from ntkit.layers._params import layer_hyperparameters, substituted
 from ntkit.layers._spatial import transpose_pair
+from ntkit.layers._tile import kernel_tile
 
 __all__ = ["differentiable_kernel", "needs_grad"]
 
@@ -151,7 +152,10 @@ class _KernelFunction(torch.autograd.Function):
 
 def _backward(spec, x1, x2, params, g, symmetric, want, want_params):
     """Recompute tile by tile with autograd and accumulate the input/parameter gradients."""
-    from ntkit.layers import _driver as D
+    from ntkit._host import retained_heap, run_parallel
+    from ntkit.layers._driver import default_workers
+    from ntkit.layers._planner import TilePlan, tile_ranges
+    from ntkit.layers._tile import TileLayout
 
     net = spec.net
     k = spec.result
@@ -176,12 +180,13 @@ def _backward(spec, x1, x2, params, g, symmetric, want, want_params):
     n_sp_out = len(k.shape) - 1
     entries = max(1, math.prod(k.nngp.shape[2:]), _entries_in(x1, diagonal_spatial))
     side = max(1, math.isqrt(max(1, BACKWARD_TILE_ENTRIES // entries)))
-    workers = D._workers(x1.device)
+    workers = default_workers(x1.device)
     if workers > 1:  # at least ~2 tiles per worker, so the workers share the work
         side = min(side, max(16, -(-max(n1, n2) // workers)))
     rows = min(n1, side)
     cols = min(n2, max(side, rows))
-    plan = D._Plan(rows, cols, 0, 1)
+    plan = TilePlan(rows, cols, 0, 1)
+    layout = TileLayout(in_shape, diagonal_spatial, want_ntk, tile_symmetric)
 
     def tile_grad(t, a0, a1, j0, j1):
         """The gradient of the loss with respect to one upper tile's output block."""
@@ -223,9 +228,7 @@ def _backward(spec, x1, x2, params, g, symmetric, want, want_params):
         with torch.enable_grad():
             xr = x1[a0:a1].detach().requires_grad_(want[0])
             xc = xb[j0:j1].detach().requires_grad_(want[0] if same else want[1])
-            k_out = _tile(
-                net, xr, xc, a0, a1, j0, j1, tile_symmetric, diagonal_spatial, want_ntk, in_shape
-            )
+            k_out = kernel_tile(net, xr, xc, layout, shift=a0 - j0)
             outs, gs = [], []
             for name, gt in gout.items():
                 t = getattr(k_out, name)
@@ -250,36 +253,17 @@ def _backward(spec, x1, x2, params, g, symmetric, want, want_params):
                     if gi is not None:
                         grad_params[i] = grad_params[i] + gi
 
-    tiles = list(D._tiles(n1, n2, plan, tile_symmetric))
-    workers = min(D._workers(x1.device), len(tiles))
-    with substituted(net, leaves), D._retained_heap(x1.device.type == "cpu"):
+    tiles = list(tile_ranges(n1, n2, plan, tile_symmetric))
+    workers = min(workers, len(tiles))
+    with substituted(net, leaves), retained_heap(x1.device.type == "cpu"):
         if workers <= 1:
             for t in tiles:
                 one_tile(*t)
         else:
-            D._run_parallel(one_tile, iter(tiles), workers)
+            run_parallel(one_tile, iter(tiles), workers)
     return grad_x1, grad_x2, grad_params
 
 
 def _entries_in(x, diagonal_spatial: bool) -> int:
     spatial = math.prod(x.shape[2:]) if x.ndim > 2 else 1
     return spatial if diagonal_spatial else spatial * spatial
-
-
-def _tile(net, xr, xc, a0, a1, j0, j1, symmetric, diagonal_spatial, want_ntk, in_shape):
-    """One tile's output kernel, as the driver computes it (here with autograd)."""
-    from ntkit.layers import _driver as D
-
-    var_rows = D.input_variances(xr, diagonal_spatial)
-    block = D.input_covariance(xr, xc, diagonal_spatial)
-    if symmetric and j0 == a0:
-        var_cols = torch.cat([var_rows, D.input_variances(xc[a1 - a0 :], diagonal_spatial)])
-        D._fix_diagonal_square(
-            block, var_rows, n_sp_in=xr.ndim - 2, diagonal_spatial=diagonal_spatial
-        )
-    else:
-        var_cols = D.input_variances(xc, diagonal_spatial)
-    k_in = D._input_kernel(
-        block, var_rows, var_cols, in_shape, diagonal_spatial, want_ntk, symmetric, a0 - j0
-    )
-    return net.apply_kernel(k_in)
