@@ -21,6 +21,7 @@ import torch
 
 from ntkit._host import retained_heap, run_parallel
 from ntkit.kernel import Kernel
+from ntkit.layers._autograd import differentiable_kernel, needs_grad
 from ntkit.layers._planner import parse_get, plan_tiles, prepare, tile_ranges
 from ntkit.layers._sink import MemorySink
 from ntkit.layers._tile import kernel_tile
@@ -39,6 +40,10 @@ def compute_kernel(
     max_memory: int | None = None,
 ) -> Kernel:
     """Evaluate ``net``'s infinite-width kernel between ``x1`` and ``x2``; see ``Layer.kernel``."""
+    if needs_grad(net, x1, x2):  # autograd: tiled forward, tile-wise recomputing backward
+        return differentiable_kernel(
+            compute_kernel, net, x1, x2, get=get, dtype=dtype, max_memory=max_memory
+        )
     problem = prepare(net, x1, x2, get=get, dtype=dtype, max_memory=max_memory)
     plan = plan_tiles(problem, workers=default_workers(problem.device))
     sink = MemorySink(problem)
