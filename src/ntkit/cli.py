@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -220,7 +220,7 @@ def report(
     from ntkit.report import ReportConfig, ReportContext, run_report
 
     given = dict(n_train=n_train, n_test=n_test, max_steps=max_steps)
-    options = dict(
+    options: dict[str, Any] = dict(
         depth=depth,
         width=width,
         w_std=w_std,

@@ -41,6 +41,13 @@ class Section:
     figures: list[Figure] = field(default_factory=list)
 
 
+def present(value: torch.Tensor | None, what: str) -> torch.Tensor:
+    """``value``, which a computation was asked for; raise if it came back ``None``."""
+    if value is None:
+        raise RuntimeError(f"{what} was requested but not computed")
+    return value
+
+
 def figure_png(fig) -> bytes:
     """Render a matplotlib figure to PNG bytes and close it."""
     buf = io.BytesIO()

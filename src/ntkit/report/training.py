@@ -22,7 +22,7 @@ from ntkit.predict import (
     max_learning_rate,
 )
 from ntkit.report.context import ReportContext
-from ntkit.report.sections import Figure, Section, accuracy, figure_png, plt
+from ntkit.report.sections import Figure, Section, accuracy, figure_png, plt, present
 
 __all__ = ["gp_section", "training_curve_section"]
 
@@ -64,7 +64,7 @@ def gp_section(ctx: ReportContext) -> Section:
                 torch.diagonal(getattr(k_ss, name)),
                 noise_relative=rel,
             )
-        rows.append((label, post.mean, post.cov + _noise(k, rel)))
+        rows.append((label, post.mean, present(post.cov, "posterior variance") + _noise(k, rel)))
 
     def kernel_fn(x1, x2):  # serve the cached kernels to the ensemble predictor
         if x1 is d.x_train and x2 is None:
@@ -77,7 +77,8 @@ def gp_section(ctx: ReportContext) -> Section:
         ens = gradient_descent_mse_ensemble(kernel_fn, d.x_train, d.y_train)(
             math.inf, d.x_test, cov="diag"
         )
-    rows.append(("NTK ensemble, t = inf", ens.mean, ens.cov + _noise(k_tt.ntk, rel)))
+    var = present(ens.cov, "ensemble variance") + _noise(k_tt.get_ntk(), rel)
+    rows.append(("NTK ensemble, t = inf", ens.mean, var))
     table = []
     for label, mean, var in rows:
         acc = accuracy(mean, d.labels_test)
@@ -157,7 +158,7 @@ def training_curve_section(ctx: ReportContext) -> Section:
     d, cfg = ctx.data, ctx.config
     k_tt, k_st = ctx.kernel("train_train"), ctx.kernel("test_train")
     n_out = d.n_classes
-    lr = LR_FRACTION * max_learning_rate(k_tt.ntk, n_outputs=n_out, reduction="mean")
+    lr = LR_FRACTION * max_learning_rate(k_tt.get_ntk(), n_outputs=n_out, reduction="mean")
     dtype = torch.float32
     model = ctx.net.module(ctx.in_shape, seed=cfg.seed, dtype=dtype, device=ctx.device)
     x, xs, y = d.x_train.to(dtype), d.x_test.to(dtype), d.y_train.to(dtype)
@@ -165,10 +166,10 @@ def training_curve_section(ctx: ReportContext) -> Section:
         f0, ft0 = model(x).double(), model(xs).double()
     with ctx.timed("predict training curve"):
         predictor = gradient_descent_mse(
-            k_tt.ntk, d.y_train, learning_rate=lr, reduction="mean", discrete=True
+            k_tt.get_ntk(), d.y_train, learning_rate=lr, reduction="mean", discrete=True
         )
-        start = dict(fx_train_0=f0, fx_test_0=ft0, k_test_train=k_st.ntk)
-        limit = predictor(math.inf, **start).test
+        start = dict(fx_train_0=f0, fx_test_0=ft0, k_test_train=k_st.get_ntk())
+        limit = present(predictor(math.inf, **start).test, "test prediction")
         long_grid = _step_grid(1e8, 120)
         t_conv = _converged_step(predictor(long_grid, **start), long_grid, limit)
     stop = min(t_conv, cfg.max_steps) if t_conv is not None else cfg.max_steps
@@ -177,6 +178,7 @@ def training_curve_section(ctx: ReportContext) -> Section:
         net_train, net_test = _train_network(model, x, y, xs, lr, steps)
     shown = sorted(set(_step_grid(max(stop, t_conv or stop))) | set(steps))
     pred = predictor(shown, **start)
+    pred_test = present(pred.test, "test prediction")
     if not bool(torch.isfinite(net_train).all() and torch.isfinite(net_test).all()):
         return Section(
             title="Training dynamics: prediction vs a finite network",
@@ -188,11 +190,11 @@ def training_curve_section(ctx: ReportContext) -> Section:
         )
     t_net, t_pred = np.asarray(steps, dtype=float), np.asarray(shown, dtype=float)
     acc_net_curve = [accuracy(o, d.labels_test) for o in net_test]
-    acc_pred_curve = [accuracy(o, d.labels_test) for o in pred.test]
+    acc_pred_curve = [accuracy(o, d.labels_test) for o in pred_test]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11.5, 3.9))
     for name, net_out, pred_out, yy, color in (
         ("train", net_train, pred.train, d.y_train, "C0"),
-        ("test", net_test, pred.test, d.y_test, "C1"),
+        ("test", net_test, pred_test, d.y_test, "C1"),
     ):
         ax.plot(t_net, _half_mse(net_out, yy), color=color, lw=2, label=f"finite network, {name}")
         ax.plot(
@@ -220,12 +222,13 @@ def training_curve_section(ctx: ReportContext) -> Section:
     ax2.set_title("Test accuracy")
     ax2.legend(fontsize=7)
     moved = torch.linalg.norm(net_test[-1] - net_test[0])
-    at_stop = pred.test[shown.index(stop)]
+    at_stop = pred_test[shown.index(stop)]
     gap = float(torch.linalg.norm(net_test[-1] - at_stop) / moved)
     acc_net = acc_net_curve[-1]
     acc_pred = accuracy(at_stop, d.labels_test)
     acc_limit = accuracy(limit, d.labels_test)
-    ensemble_acc = accuracy(predictor(math.inf, k_test_train=k_st.ntk).test, d.labels_test)
+    mean_limit = predictor(math.inf, k_test_train=k_st.get_ntk()).test
+    ensemble_acc = accuracy(present(mean_limit, "test prediction"), d.labels_test)
     ctx.results["GD predicted test accuracy at convergence"] = acc_limit
     ctx.results["GD network test accuracy"] = acc_net
     ctx.results["GD predicted test accuracy"] = acc_pred
