@@ -22,6 +22,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy  # the public API and tests/typing/user_code.py, settings in pyproject.toml
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q  # 2 workers x 1 thread on 2 cores
 
 test-slow: $(STAMP)
