@@ -262,6 +262,10 @@ def reproduce(
     polynomial: Wu et al. 2022, NTK spectra with Hadamard-product layers.
 
     sample-then-optimize: Dai et al. 2022, posterior samples by training; Thompson sampling.
+
+    super-consistency: Noci et al. 2024, sharpness trajectories under muP and NTK parameterization.
+
+    ntk-evolution-adversarial: Loo et al. 2022, the empirical NTK under adversarial training.
     """
     from rich.console import Console
 

@@ -12,9 +12,11 @@ from ntkit.reproduce import (
     curves,
     min_eigenvalue,
     ntk_convergence,
+    ntk_evolution_adversarial,
     pntk,
     polynomial,
     sample_then_optimize,
+    super_consistency,
 )
 
 EXPERIMENTS = {
@@ -26,6 +28,8 @@ EXPERIMENTS = {
         curves,
         polynomial,
         sample_then_optimize,
+        super_consistency,
+        ntk_evolution_adversarial,
     )
 }
 
