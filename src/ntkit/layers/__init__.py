@@ -7,6 +7,7 @@ Example:
     >>> model = net.module(in_shape=(784,))     # doctest: +SKIP
 """
 
+from ntkit.errors import LayerSpecError
 from ntkit.layers.activations import (
     GELU,
     RBF,
@@ -27,8 +28,9 @@ from ntkit.layers.activations import (
     Sign,
     Sin,
 )
+from ntkit.layers.activations_extra import ExpNormalized, Gabor, SigmoidLike
 from ntkit.layers.attention import GlobalSelfAttention
-from ntkit.layers.base import Layer, LayerSpecError
+from ntkit.layers.base import Layer
 from ntkit.layers.combinators import (
     FanInConcat,
     FanInProd,
@@ -41,6 +43,8 @@ from ntkit.layers.combinators import (
     serial,
 )
 from ntkit.layers.conv import Conv
+from ntkit.layers.conv_local import ConvLocal
+from ntkit.layers.conv_transpose import ConvTranspose
 from ntkit.layers.dense import Dense, Flatten, Identity
 from ntkit.layers.dropout import Dropout
 from ntkit.layers.normalization import LayerNorm
@@ -52,18 +56,22 @@ __all__ = [
     "Activation",
     "AvgPool",
     "Conv",
+    "ConvLocal",
+    "ConvTranspose",
     "Cos",
     "Dense",
     "Dropout",
     "Elementwise",
     "Erf",
     "Exp",
+    "ExpNormalized",
     "FanInConcat",
     "FanInProd",
     "FanInSum",
     "FanOut",
     "Flatten",
     "GELU",
+    "Gabor",
     "Gaussian",
     "GlobalAvgPool",
     "GlobalSelfAttention",
@@ -81,6 +89,7 @@ __all__ = [
     "ReLU",
     "RectifiedMonomial",
     "Serial",
+    "SigmoidLike",
     "Sign",
     "Sin",
     "SumPool",
