@@ -279,5 +279,11 @@ def reproduce(
     Console().print(f"written to {Path(out) / (name + '.html')}")
 
 
+# ntkit kernel SPEC INPUTS --out k.zarr (implementation in ntkit.tiling.cli, imports lazily)
+from ntkit.tiling.cli import kernel as _kernel_command  # noqa: E402
+
+app.command("kernel")(_kernel_command)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
