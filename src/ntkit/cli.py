@@ -93,6 +93,10 @@ def reproduce(
     polynomial: Wu et al. 2022, NTK spectra with Hadamard-product layers.
 
     sample-then-optimize: Dai et al. 2022, posterior samples by training; Thompson sampling.
+
+    label-aware: Chen, He & Su 2020, label-aware NTKs (HR, NTH) and local elasticity.
+
+    complex: Tan et al. 2022, block NTKs of complex networks and their infinite-width limit.
     """
     from ntkit.reproduce import reproduce as run
 

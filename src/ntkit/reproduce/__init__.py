@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ntkit.reproduce import (
+    complex_ntk,
     curves,
+    label_aware,
     min_eigenvalue,
     ntk_convergence,
     pntk,
@@ -26,6 +28,8 @@ EXPERIMENTS = {
         curves,
         polynomial,
         sample_then_optimize,
+        label_aware,
+        complex_ntk,
     )
 }
 
