@@ -347,7 +347,7 @@ def two_layer_relu_k4(
         sl = slice(lo, min(n1, lo + rows))
         r = sl.stop - sl.start
 
-        def expect(u, v, feats):  # E_w[u_a v_b F_ij] for the rows in sl: (r, n2, n, n)
+        def expect(u, v, feats, sl=sl, r=r):  # E_w[u_a v_b F_ij], rows sl: (r, n2, n, n)
             return (pairs(u[:, sl], v).T @ feats / m).reshape(r, n2, n, n)
 
         pab = p_ab[sl][:, :, None, None]

@@ -2,11 +2,12 @@
 
 Claim examined (papers.md, entry 7): trained by real-valued backpropagation, a complex
 network's NTK reduces at infinite width to the NTK of a real network. We measure the 2 x 2
-real block NTK (Re-Re, Re-Im, Im-Re, Im-Im) of random complex MLPs with split ReLU on complex
-inputs (pairs of neighbouring digit pixels as real and imaginary parts) against its closed-form limit
-(:mod:`ntkit.complex`), whose diagonal blocks are the real NTK of the realified network, and
-report what the cross blocks do: they converge too, to ``-Im T / 2`` -- not to zero, as an
-untied real network of the same shape would have it -- and vanish for real inputs.
+real block NTK (Re-Re, Re-Im, Im-Re, Im-Im) of random complex MLPs with split ReLU on
+complex inputs (neighbouring digit pixels as real and imaginary parts) against its
+closed-form limit (:mod:`ntkit.complex`), whose diagonal blocks are the real NTK of the
+realified network, and report what the cross blocks do: they converge too, to
+``-Im T / 2`` -- not to zero, as an untied real network of the same shape would have it --
+and vanish for real inputs.
 """
 
 from __future__ import annotations
