@@ -263,6 +263,10 @@ def reproduce(
 
     sample-then-optimize: Dai et al. 2022, posterior samples by training; Thompson sampling.
 
+    label-aware: Chen, He & Su 2020, label-aware NTKs (HR, NTH) and local elasticity.
+
+    complex: Tan et al. 2022, block NTKs of complex networks and their infinite-width limit.
+
     super-consistency: Noci et al. 2024, sharpness trajectories under muP and NTK parameterization.
 
     ntk-evolution-adversarial: Loo et al. 2022, the empirical NTK under adversarial training.
