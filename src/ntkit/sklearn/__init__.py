@@ -12,5 +12,6 @@ Conventions and examples: ``docs/sklearn.md``.
 
 from ntkit.sklearn._specs import ACTIVATIONS, mlp
 from ntkit.sklearn.estimators import NTKClassifier, NTKRegressor
+from ntkit.sklearn.gp_kernels import NNGPKernel, NTKKernel
 
-__all__ = ["ACTIVATIONS", "NTKClassifier", "NTKRegressor", "mlp"]
+__all__ = ["ACTIVATIONS", "NNGPKernel", "NTKClassifier", "NTKKernel", "NTKRegressor", "mlp"]
