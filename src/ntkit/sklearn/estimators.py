@@ -131,9 +131,8 @@ class _NTKBase(BaseEstimator):
         """Compute the training kernel and solve; ``Y`` is ``(n, m)`` float64."""
         self._check_params()
         net = build_spec(self.spec, self._hyperparameters(), owner=type(self).__name__)
-        in_shape = (X.shape[1],) if self.in_shape is None else tuple(self.in_shape)
-        check_readout(net, in_shape, owner=type(self).__name__)
         x = rows_to_batch(X, self.in_shape)
+        check_readout(net, tuple(x.shape[1:]), owner=type(self).__name__)
         w = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
         s = torch.from_numpy(np.sqrt(w))  # K~ = S K S, Y~ = S Y with S = diag(sqrt(w))
         y = torch.from_numpy(np.array(Y, dtype=np.float64, order="C", copy=True))
