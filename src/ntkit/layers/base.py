@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ntkit.errors import LayerSpecError
+from ntkit.layers._footprint import record_footprint
+
 if TYPE_CHECKING:
     from ntkit.kernel import Kernel
 
@@ -26,10 +29,6 @@ Shape = tuple[int, ...] | list
 KernelOrList = "Kernel | list"
 
 __all__ = ["Layer", "LayerSpecError", "Shape"]
-
-
-class LayerSpecError(ValueError):
-    """A network description cannot be evaluated (wrong shapes, non-Gaussian input, ...)."""
 
 
 def single_stream(who: str, in_shape: Shape) -> tuple[int, ...]:
@@ -113,8 +112,6 @@ class Layer(ABC):
     # --- derived -----------------------------------------------------------------------
     def apply_kernel(self, k: KernelOrList) -> KernelOrList:
         """Run :meth:`kernel_rule`, recording the tile footprint for memory planning."""
-        from ntkit.layers._driver import record_footprint
-
         record_footprint(self, k)
         return self.kernel_rule(k)
 

@@ -7,10 +7,11 @@ import math
 import torch
 from torch import nn
 
+from ntkit.errors import LayerSpecError
 from ntkit.kernel import Kernel
 from ntkit.layers import _init
 from ntkit.layers._spatial import location_diagonal
-from ntkit.layers.base import Layer, LayerSpecError, Shape, single_stream
+from ntkit.layers.base import Layer, Shape, single_stream
 from ntkit.layers.modules import DenseNTK
 
 __all__ = ["PARAMETERIZATIONS", "Dense", "Flatten", "Identity", "check_parameterization"]

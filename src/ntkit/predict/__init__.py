@@ -1,9 +1,10 @@
 """Inference with kernels: regression, Gaussian-process posteriors, training dynamics.
 
-- :func:`kernel_regression`, :func:`gp_posterior`: closed-form inference (formula F5).
+- :func:`kernel_regression`, :func:`gp_posterior`: closed-form inference.
 - :func:`gradient_descent_mse`: outputs of gradient descent on the squared loss at any time
-  (formula F3); :func:`gradient_descent_mse_ensemble`: the trained infinite ensemble's mean
-  and covariance (formula F4); :func:`gradient_descent`: any loss, by ODE integration;
+  (Lee et al. 2019, eqs. 9-11); :func:`gradient_descent_mse_ensemble`: the trained infinite
+  ensemble's mean and covariance (Lee et al. 2019, sec. 2.3); :func:`gradient_descent`: any
+  loss, by ODE integration;
   :func:`max_learning_rate`.
 - :func:`conjugate_gradient` with :func:`kernel_operator` (analytic kernel in row blocks),
   :func:`empirical_ntk_operator` (``ntk_vp``) or :class:`DenseOperator`: iterative solves
