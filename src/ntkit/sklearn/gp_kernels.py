@@ -200,6 +200,8 @@ class _NetworkKernel(Kernel):
             raise ValueError(f"gradient must be one of {GRADIENTS}; got {self.gradient!r}.")
         if self.gradient != "finite_difference":
             try:
+                for name in names:  # cheap probe on two samples before the full pass
+                    self._forward_ad(x[:2], name)
                 return np.stack([self._forward_ad(x, name) for name in names], axis=-1)
             except _NoForwardADError as err:
                 if self.gradient == "autograd":
