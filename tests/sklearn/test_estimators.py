@@ -70,6 +70,11 @@ def test_cg_solver_matches_direct():
     cg = NTKRegressor(ridge=1e-2, solver="cg").fit(x, y)
     np.testing.assert_allclose(cg.predict(xt), direct, rtol=1e-7, atol=1e-9)
     assert cg.n_iter_ >= 1
+    # "auto" switches to CG when the direct solve's 3 n^2 float64 entries exceed max_memory
+    auto = NTKRegressor(ridge=1e-2, max_memory=60_000).fit(x, y)
+    assert 3 * 8 * 60**2 > 60_000 and hasattr(auto, "n_iter_")
+    np.testing.assert_allclose(auto.predict(xt), direct, rtol=1e-7, atol=1e-9)
+    assert not hasattr(NTKRegressor(ridge=1e-2).fit(x, y), "n_iter_")
 
 
 def test_kernels_cached_between_fit_and_predict(monkeypatch):

@@ -32,6 +32,7 @@ from ntkit.predict import conjugate_gradient, gradient_descent_mse
 from ntkit.predict._checks import symmetric_eigh
 from ntkit.predict.regression import solve_psd
 from ntkit.predict.solvers import FunctionOperator, kernel_operator
+from ntkit.settings import default_max_memory
 from ntkit.sklearn._compute import KINDS, kernel_block, kernel_diagonal
 from ntkit.sklearn._specs import build_spec, check_readout, rows_to_batch
 
@@ -144,7 +145,7 @@ class _NTKBase(BaseEstimator):
         self._cache: dict = {}  # mutated in place by predict (no new attributes)
         self._k_train = None
         ridge = float(self.ridge)
-        if self.solver == "cg":
+        if self._use_cg(x.shape[0]):
             op = kernel_operator(net, x, get=self.kernel, max_memory=self.max_memory)
             weighted = FunctionOperator(lambda v: s[:, None] * (op @ (s[:, None] * v)), x.shape[0])
             res = conjugate_gradient(weighted, s[:, None] * y, ridge=ridge)
@@ -160,6 +161,17 @@ class _NTKBase(BaseEstimator):
             )
         else:
             self._alpha = s[:, None] * solve_psd(kw, s[:, None] * y, ridge=ridge)
+
+    def _use_cg(self, n: int) -> bool:
+        """Whether to solve by conjugate gradients.
+
+        ``solver="cg"``, or ``"auto"`` when the direct solve's ``3 n^2`` float64 entries
+        (kernel, factor, a weighted copy) exceed the memory budget and ``t`` is ``None``.
+        """
+        if self.solver != "auto":
+            return self.solver == "cg"
+        budget = default_max_memory() if self.max_memory is None else int(self.max_memory)
+        return not self._finite_t and 3 * 8 * n * n > budget
 
     # --- predicting ---------------------------------------------------------------------
     def _check_x(self, X) -> np.ndarray:
@@ -195,7 +207,10 @@ class _NTKBase(BaseEstimator):
         is the weighted kernel ridge regression of :meth:`predict`.
         """
         if self._k_train is None:
-            raise ValueError("predict_proba needs the training kernel; use solver='direct'.")
+            raise ValueError(
+                "predict_proba needs the stored training kernel (posterior variances); fit "
+                "with solver='direct'."
+            )
         if "eigh" not in self._cache:
             s = self._s
             evals, evecs = symmetric_eigh(s[:, None] * self._k_train * s[None, :])
@@ -239,10 +254,12 @@ class NTKRegressor(RegressorMixin, _NTKBase):
         t: Training time of gradient flow (``eta t`` is the integrated learning rate);
             ``None`` or ``inf``: converged.
         learning_rate: ``eta > 0`` of the gradient flow (only ``eta t`` matters).
-        solver: ``"auto"``/``"direct"``: the kernel is computed once and factored
-            (Cholesky with a ridge, a stable pseudo-inverse without); ``"cg"``: matrix-free
-            preconditioned conjugate gradients (the training kernel is recomputed in row
-            blocks and never stored; ``t=None`` only).
+        solver: ``"direct"``: the kernel is computed once and factored (Cholesky with a
+            ridge, a stable pseudo-inverse without); ``"cg"``: matrix-free preconditioned
+            conjugate gradients (the training kernel is recomputed in row blocks and never
+            stored; ``t=None`` only); ``"auto"``: direct unless its ``3 n^2`` float64
+            entries exceed ``max_memory`` (default: half the available memory) and
+            ``t=None``, then CG.
         max_memory: Memory budget in bytes for each kernel computation (tiles inside it).
 
     Attributes:
