@@ -236,3 +236,23 @@ def test_bad_input():
         NTKKernel(conv, in_shape=(1, 3, 3))(np.ones((2, 8)))
     with pytest.raises(ValueError, match="positive float"):
         _ = NTKKernel(b_std=None, param_bounds={"b_std": (1e-3, 1)}).theta
+
+
+def test_gradient_strategy_guards(monkeypatch):
+    from ntkit.sklearn import gp_kernels
+
+    x = _data(6, 3, seed=8)
+    ref = relu_mlp_log_gradient(x, 1, 1.3, 0.4, kind="ntk")
+    k = NTKKernel(depth=1, w_std=1.3, b_std=0.4)
+    # a forward-mode pass that drops part of the tangent is caught by the probe: "auto"
+    # falls back to differences, "autograd" refuses
+    monkeypatch.setattr(
+        gp_kernels._NetworkKernel,
+        "_forward_ad",
+        lambda self, xx, name: 0.5 * self._finite_difference(xx, name),
+    )
+    np.testing.assert_allclose(k(x, eval_gradient=True)[1], ref, atol=1e-8 * np.abs(ref).max())
+    with pytest.raises(NotImplementedError, match="disagrees"):
+        NTKKernel(depth=1, w_std=1.3, b_std=0.4, gradient="autograd")(x, eval_gradient=True)
+    with pytest.raises(ValueError, match="gradient must be"):
+        NTKKernel(gradient="exact")(x, eval_gradient=True)

@@ -201,7 +201,7 @@ class _NetworkKernel(Kernel):
         if self.gradient != "finite_difference":
             try:
                 for name in names:  # cheap probe on two samples before the full pass
-                    self._forward_ad(x[:2], name)
+                    self._check_forward_ad(x[:2], name)
                 return np.stack([self._forward_ad(x, name) for name in names], axis=-1)
             except _NoForwardADError as err:
                 if self.gradient == "autograd":
@@ -237,6 +237,25 @@ class _NetworkKernel(Kernel):
                 f"forward-mode derivative with respect to {name!r} is not finite."
             )
         return out
+
+    def _check_forward_ad(self, x: torch.Tensor, name: str) -> None:
+        """Forward-mode AD on a small probe, cross-checked against central differences.
+
+        Guards against a layer that drops the tangent of a parameter on the way (a
+        derivative that would be finite but wrong).
+
+        Raises:
+            _NoForwardADError: unsupported, non-finite, or disagreeing with differences.
+        """
+        ad = self._forward_ad(x, name)
+        fd = self._finite_difference(x, name)
+        scale = float(np.abs(fd).max())
+        if not np.allclose(ad, fd, rtol=1e-5, atol=1e-7 * scale):
+            raise _NoForwardADError(
+                f"forward-mode derivative with respect to {name!r} disagrees with central "
+                f"differences on a probe (max difference {np.abs(ad - fd).max():.2e}); a layer "
+                "of this spec does not carry the parameter's tangent."
+            )
 
     def _finite_difference(self, x: torch.Tensor, name: str) -> np.ndarray:
         """``dK/dlog(theta)`` by central differences in ``log(theta)`` (step ``FD_STEP``)."""
