@@ -135,7 +135,7 @@ def test_factory_hyperparameters_and_free_parameters():
 
 def test_composition_and_gp_fit_predict():
     x = _data(40, 3, seed=5)
-    y = np.sin(x).sum(1)
+    y = np.sin(x).sum(1) + 0.1 * np.random.default_rng(6).normal(size=40)
     kernel = ConstantKernel(1.0) * NTKKernel(depth=2, w_std=1.2, b_std=0.3) + WhiteKernel(
         1e-2, (1e-10, 1.0)
     )
