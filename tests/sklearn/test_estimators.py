@@ -97,6 +97,9 @@ def test_kernels_cached_between_fit_and_predict(monkeypatch):
     assert calls == [(25, None), (8, 25)]  # one test kernel for four calls on xt
     clf.score(x, y > 0)  # the training inputs reuse the training kernel
     assert len(calls) == 2
+    factor = clf._cache["eigh"]
+    clf.predict_proba(xt[:3])  # a new test set: one new test kernel, the same factorization
+    assert len(calls) == 3 and clf._cache["eigh"] is factor
 
 
 def test_predict_proba_is_gaussian_argmax_probability():
