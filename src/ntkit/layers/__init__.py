@@ -48,6 +48,7 @@ from ntkit.layers.dense import Dense, Flatten, Identity
 from ntkit.layers.dropout import Dropout
 from ntkit.layers.normalization import LayerNorm
 from ntkit.layers.pooling import AvgPool, GlobalAvgPool, GlobalSumPool, SumPool
+from ntkit.layers.spatial_maps import ImageResize, Index
 
 __all__ = [
     "ABReLU",
@@ -77,6 +78,8 @@ __all__ = [
     "GlobalSumPool",
     "Hermite",
     "Identity",
+    "ImageResize",
+    "Index",
     "Layer",
     "LayerNorm",
     "LayerSpecError",
