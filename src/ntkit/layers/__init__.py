@@ -7,6 +7,7 @@ Example:
     >>> model = net.module(in_shape=(784,))     # doctest: +SKIP
 """
 
+from ntkit.errors import LayerSpecError
 from ntkit.layers.activations import (
     GELU,
     RBF,
@@ -29,7 +30,7 @@ from ntkit.layers.activations import (
 )
 from ntkit.layers.activations_extra import ExpNormalized, Gabor, SigmoidLike
 from ntkit.layers.attention import GlobalSelfAttention
-from ntkit.layers.base import Layer, LayerSpecError
+from ntkit.layers.base import Layer
 from ntkit.layers.combinators import (
     FanInConcat,
     FanInProd,

@@ -19,9 +19,10 @@ import numpy as np
 import scipy.special
 import torch
 
+from ntkit.errors import LayerSpecError
 from ntkit.kernel import Kernel
 from ntkit.layers._spatial import pair_variances, self_variances
-from ntkit.layers.base import Layer, LayerSpecError, Shape, single_stream
+from ntkit.layers.base import Layer, Shape, single_stream
 from ntkit.layers.modules import ElementwiseModule
 
 __all__ = [

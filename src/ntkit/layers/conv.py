@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ntkit.errors import LayerSpecError
 from ntkit.kernel import Kernel
 from ntkit.layers import _init
 from ntkit.layers._spatial import (
@@ -26,7 +27,7 @@ from ntkit.layers._spatial import (
     resolve_windows,
     window_sum,
 )
-from ntkit.layers.base import Layer, LayerSpecError, Shape, single_stream
+from ntkit.layers.base import Layer, Shape, single_stream
 from ntkit.layers.dense import affine_kernel, check_parameterization, check_std
 
 __all__ = ["Conv", "ConvNTK", "SpatialPad"]

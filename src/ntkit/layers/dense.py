@@ -7,19 +7,31 @@ import math
 import torch
 from torch import nn
 
+from ntkit.errors import LayerSpecError
 from ntkit.kernel import Kernel
 from ntkit.layers import _init
 from ntkit.layers._spatial import location_diagonal
-from ntkit.layers.base import Layer, LayerSpecError, Shape, single_stream
+from ntkit.layers.base import Layer, Shape, single_stream
 from ntkit.layers.modules import DenseNTK
 
 __all__ = ["PARAMETERIZATIONS", "Dense", "Flatten", "Identity", "check_parameterization"]
 
 PARAMETERIZATIONS = ("ntk", "standard")
 
+MUP_HAS_NO_KERNEL = (
+    "there is no infinite-width NTK under muP: its readout is scaled by 1/width, so the "
+    "tangent kernel in its parameters vanishes like 1/width, and the learning-rate-weighted "
+    "kernel does not stay fixed during training (the muP limit learns features; Yang & Hu "
+    "2021). Describe the layers with parameterization='ntk' or 'standard' and build the "
+    "finite muP network with net.module(in_shape, parameterization='mup', base_width=...) "
+    "or ntkit.parametrization.parametrize(model, 'mup', ...)."
+)
+
 
 def check_parameterization(parameterization: str) -> str:
     """Return ``parameterization`` if it is known, else raise ``ValueError``."""
+    if parameterization == "mup":
+        raise ValueError(MUP_HAS_NO_KERNEL)
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(
             f"parameterization must be one of {PARAMETERIZATIONS}; got {parameterization!r}."

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ntkit.errors import LayerSpecError
 from ntkit.kernel import Kernel
 from ntkit.layers._spatial import pair_variances, self_variances
-from ntkit.layers.base import Layer, LayerSpecError, Shape, single_stream
+from ntkit.layers.base import Layer, Shape, single_stream
 
 __all__ = ["ChannelLayerNorm", "LayerNorm"]
 

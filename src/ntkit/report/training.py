@@ -1,7 +1,7 @@
 """Report sections on inference and training: GP posteriors and predicted training curves.
 
 - :func:`gp_section`: test accuracy and calibration of the NNGP and NTK-GP posteriors and of
-  the trained infinite NTK ensemble (formulas F4, F5).
+  the trained infinite NTK ensemble (Lee et al. 2018, 2019).
 - :func:`training_curve_section`: the train/test loss predicted by
   :func:`ntkit.predict.gradient_descent_mse` (analytic NTK, the finite network's own initial
   outputs) against a finite network of the report's architecture (NTK parameterization,
@@ -75,7 +75,7 @@ def gp_section(ctx: ReportContext) -> Section:
         ens = gradient_descent_mse_ensemble(kernel_fn, d.x_train, d.y_train)(
             math.inf, d.x_test, cov="diag"
         )
-    rows.append(("NTK ensemble, t = inf (F4)", ens.mean, ens.cov + _noise(k_tt.ntk, rel)))
+    rows.append(("NTK ensemble, t = inf", ens.mean, ens.cov + _noise(k_tt.ntk, rel)))
     table = []
     for label, mean, var in rows:
         acc = accuracy(mean, d.labels_test)
@@ -95,8 +95,8 @@ def gp_section(ctx: ReportContext) -> Section:
         paragraphs=[
             "Posterior means K(x, X)(K + s^2 I)^-1 Y with the NNGP (Bayesian inference in the "
             "infinitely wide network) and the NTK (NTK-GP), and the mean of the infinite "
-            "ensemble of networks trained by gradient flow to convergence (formula F4: same "
-            "mean as ridgeless NTK regression, a different covariance). "
+            "ensemble of networks trained by gradient flow to convergence (Lee et al. "
+            "2019, sec. 2.3: same mean as ridgeless NTK regression, a different covariance). "
             f"Observation noise s^2 = {rel:g} x mean diagonal; predictive standard deviations "
             "include it. NLL: Gaussian negative log-likelihood per one-hot target entry.",
         ],
@@ -213,7 +213,7 @@ def training_curve_section(ctx: ReportContext) -> Section:
             f"learning rate {lr:.4g} ({LR_FRACTION} x the critical rate 2 |Y| / lambda_max "
             "of the analytic NTK). The prediction is the closed-form discrete dynamics with "
             "the analytic (infinite-width) NTK started from the network's own initial outputs "
-            "(formula F3). Their gap shrinks like width^-1/2.",
+            "(Lee et al. 2019, eqs. 9-11). Their gap shrinks like width^-1/2.",
             f"Relative gap of the final test outputs, ||f_net - f_pred|| / ||f_net - f_0|| = "
             f"{gap:.3f}.",
         ],

@@ -18,7 +18,7 @@ def test_gp_section_reports_accurate_posteriors():
     assert [r[0] for r in sec.table_rows] == [
         "NNGP posterior",
         "NTK-GP posterior",
-        "NTK ensemble, t = inf (F4)",
+        "NTK ensemble, t = inf",
     ]
     acc = ctx.results["test accuracy NNGP posterior"]
     assert acc > 0.85
