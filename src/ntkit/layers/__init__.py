@@ -47,12 +47,14 @@ from ntkit.layers.conv_local import ConvLocal
 from ntkit.layers.conv_transpose import ConvTranspose
 from ntkit.layers.dense import Dense, Flatten, Identity
 from ntkit.layers.dropout import Dropout
+from ntkit.layers.graph import Aggregate, Graphs, graph_context
 from ntkit.layers.normalization import LayerNorm
 from ntkit.layers.pooling import AvgPool, GlobalAvgPool, GlobalSumPool, SumPool
 from ntkit.layers.spatial_maps import ImageResize, Index
 
 __all__ = [
     "ABReLU",
+    "Aggregate",
     "Abs",
     "Activation",
     "AvgPool",
@@ -77,6 +79,7 @@ __all__ = [
     "GlobalAvgPool",
     "GlobalSelfAttention",
     "GlobalSumPool",
+    "Graphs",
     "Hermite",
     "Identity",
     "ImageResize",
@@ -96,6 +99,7 @@ __all__ = [
     "Sign",
     "Sin",
     "SumPool",
+    "graph_context",
     "parallel",
     "repeat",
     "serial",
