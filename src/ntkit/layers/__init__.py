@@ -50,6 +50,7 @@ from ntkit.layers.dropout import Dropout
 from ntkit.layers.graph import Aggregate, Graphs, graph_context
 from ntkit.layers.normalization import LayerNorm
 from ntkit.layers.pooling import AvgPool, GlobalAvgPool, GlobalSumPool, SumPool
+from ntkit.layers.recurrent import Recurrent
 from ntkit.layers.spatial_maps import ImageResize, Index
 
 __all__ = [
@@ -94,6 +95,7 @@ __all__ = [
     "RBF",
     "ReLU",
     "RectifiedMonomial",
+    "Recurrent",
     "Serial",
     "SigmoidLike",
     "Sign",
