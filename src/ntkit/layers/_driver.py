@@ -66,7 +66,10 @@ def run_problem(
     x1, x2, layout = problem.x1, problem.x2, problem.layout
 
     def tile(a0, a1, j0, j1):
-        block = kernel_tile(net, x1[a0:a1], x2[j0:j1], layout, shift=a0 - j0)
+        patterns = None
+        if problem.pattern1 is not None:
+            patterns = (problem.pattern1[a0:a1], problem.pattern2[j0:j1])
+        block = kernel_tile(net, x1[a0:a1], x2[j0:j1], layout, shift=a0 - j0, patterns=patterns)
         sink.write(a0, a1, j0, j1, block)
 
     tiles = tile_ranges(problem.n1, problem.n2, plan, problem.symmetric)
