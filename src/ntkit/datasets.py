@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["Split", "load_array", "load_digits", "one_hot", "small_world_graphs", "split_standardized"]
+__all__ = [
+    "Split",
+    "load_array",
+    "load_digits",
+    "one_hot",
+    "small_world_graphs",
+    "split_standardized",
+]
 
 
 @dataclass(frozen=True)
