@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ntkit.reproduce import (
+    complex_ntk,
     curves,
+    label_aware,
     min_eigenvalue,
     ntk_convergence,
     ntk_evolution_adversarial,
@@ -30,6 +32,8 @@ EXPERIMENTS = {
         sample_then_optimize,
         super_consistency,
         ntk_evolution_adversarial,
+        label_aware,
+        complex_ntk,
     )
 }
 
