@@ -46,3 +46,25 @@ def test_full_analysis_reproductions(tmp_path):
     for block in ("Re-Re", "Re-Im", "Im-Re", "Im-Im"):
         assert -0.8 < c[f"slope of {block} block error vs width"] < -0.25, block
     assert c["seed-mean Re-Im block vs limit, relative to ||limit Re-Im||, width 1024"] < 0.4
+
+
+def test_polynomial_extrapolation_quick(tmp_path):
+    # Exact facts, no sampling: the NTK of Dense -> product of k Dense branches on [t, 1] is
+    # a degree-k polynomial kernel, so ridgeless regression on 16 points reproduces any
+    # degree-<=k target everywhere (rounding only: 1e-8). The trained degree-2 net is itself
+    # a quadratic in t and converges to the same interpolant (1e-6 allows an unconverged
+    # tail of gradient descent). ReLU networks extrapolate linearly (Xu et al. 2021): their
+    # error on t^2 outside [-1, 1] is about 0.5 (0.3 leaves margin); products of ReLU
+    # branches grow like |t|^k and must order ReLU > product of 2 > product of 3.
+    r = reproduce("polynomial", tmp_path, quick=True)
+    pre = "extrapolation error, "
+    assert r[pre + "t^2, NTK of polynomial, degree 2"] < 1e-8
+    assert r[pre + "t^3 - t, NTK of polynomial, degree 3"] < 1e-8
+    assert r[pre + "t^2, trained polynomial, degree 2"] < 1e-6
+    assert r[pre + "t^2, NTK of ReLU MLP"] > 0.3
+    assert r[pre + "t^2, trained ReLU MLP"] > 0.3
+    for target in ("t^2", "t^3 - t"):
+        relu = r[pre + f"{target}, NTK of ReLU MLP"]
+        p2 = r[pre + f"{target}, NTK of ReLU, product of 2"]
+        p3 = r[pre + f"{target}, NTK of ReLU, product of 3"]
+        assert relu > p2 > p3, target
