@@ -8,7 +8,7 @@ digits (n = 200, one channel) and random 16x16x3 images (n = 100); ``x2 = None``
 Every case runs in a fresh process so that its peak resident memory is its own. With
 ``--nt-python PATH`` (a Python with neural-tangents and JAX installed) the reference JAX
 implementation runs the same networks on the same data, also in its own process, and the
-table shows the ratios; without it the table quotes the reference numbers of issue 3
+table shows the ratios; without it the table quotes reference numbers from an earlier run
 (about 63 s and 4 GiB for digits + GAP, about 250 s for 16x16x3 + GAP, on the same kind of
 2-core machine).
 
@@ -190,7 +190,7 @@ def main() -> None:
                 source = f"JAX NT failed: {ref['error'][:60]}"
         else:
             ref_s, ref_mem = QUOTED.get(case, (None, None))
-            source = "issue 3 (quoted)" if case in QUOTED else "-"
+            source = "quoted (earlier run)" if case in QUOTED else "-"
         speedup = f"{ref_s / ours['seconds']:.1f}x" if ref_s else "-"
         rows.append(
             f"| {case} | {ours['seconds']:.2f} s | {ours['cpu_seconds']:.2f} s | "

@@ -3,8 +3,9 @@
 Part 1 -- ``gradient_descent_mse`` on an n x n NTK (one-hidden-layer ReLU network, random
 inputs, 10 outputs, 1000 test points): set-up (one eigendecomposition) and evaluation of
 train + test outputs at 100 times. Baselines in the same process:
-- gradient flow: ``torch.linalg.matrix_exp(-eta K t)`` per time point (formula F3 as
-  written), measured on 3 time points and reported per time point;
+- gradient flow: ``torch.linalg.matrix_exp(-eta K t)`` per time point (the gradient-flow
+  solution of Lee et al. 2019, eqs. 9-11, as written), measured on 3 time points and
+  reported per time point;
 - discrete GD: iterating gradient descent in function space to step 1000 (what one does
   without the closed form), recording 100 snapshots.
 

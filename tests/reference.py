@@ -60,7 +60,7 @@ def _nested_quad(f, g, q11, q12, q22):
 
 
 def mlp_kernels(x1, x2, layers):
-    """NNGP and NTK of an MLP by the recursion F2, pair by pair, with quadrature expectations.
+    """NNGP and NTK of an MLP pair by pair by the infinite-width recursion (quadrature).
 
     Args:
         x1: (n1, d) numpy array.

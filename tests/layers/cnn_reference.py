@@ -239,3 +239,21 @@ def location_diagonal(t, nd):
     for _ in range(nd):
         t = torch.diagonal(t, dim1=2, dim2=3)
     return t
+
+
+# ------------------------------------------------------------------ helpers for the tests
+def random_input(shape, seed):
+    """Standard-normal float64 input of ``shape`` from its own generator."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64)
+
+
+def check_kernel(k, J, n1):
+    """Assert that ntkit's kernel ``k`` equals the reference block ``x1 x x2`` of ``J``."""
+    for attr, which, tol in (("nngp", "K", 1e-10), ("ntk", "T", 1e-10)):
+        want = cross_block(J, n1, which)
+        got = getattr(k, attr)
+        if k.diagonal_spatial:
+            want = location_diagonal(want, len(J.spatial))
+        assert got.shape == want.shape, (attr, got.shape, want.shape)
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol * float(want.abs().max()))

@@ -5,22 +5,8 @@ import torch
 
 import ntkit.layers as L
 from tests.layers import cnn_reference as R
-
-
-def _x(shape, seed):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g, dtype=torch.float64)
-
-
-def _check(k, J, n1):
-    for attr, which, tol in (("nngp", "K", 1e-10), ("ntk", "T", 1e-10)):
-        want = R.cross_block(J, n1, which)
-        got = getattr(k, attr)
-        if k.diagonal_spatial:
-            want = R.location_diagonal(want, len(J.spatial))
-        assert got.shape == want.shape, (attr, got.shape, want.shape)
-        torch.testing.assert_close(got, want, rtol=tol, atol=tol * float(want.abs().max()))
-
+from tests.layers.cnn_reference import check_kernel as _check
+from tests.layers.cnn_reference import random_input as _x
 
 PADDINGS = ["valid", "same", "circular", 1]
 
@@ -126,97 +112,3 @@ def test_pool_then_flatten_is_consistent():
     k = net.kernel(x1)
     J = R.flatten(R.avg_pool(R.relu(R.conv(R.inputs(x1), 3, 3, 1, "same")), 2))
     _check(k, J, 3)
-
-
-def test_layernorm_matches_reference():
-    x1, x2 = _x((2, 3, 4, 4), 8), _x((2, 3, 4, 4), 9)
-    net = L.serial(
-        L.Conv(4, 3, padding="same", b_std=0.3),
-        L.LayerNorm(eps=1e-3),
-        L.ReLU(),
-        L.Conv(4, 2),
-        L.LayerNorm(),
-        L.GlobalAvgPool(),
-    )
-    k = net.kernel(x1, x2)
-    J = R.layer_norm(R.conv(R.inputs(x1, x2), 4, 3, 1, "same", b_std=0.3), eps=1e-3)
-    J = R.layer_norm(R.conv(R.relu(J), 4, 2))
-    _check(k, R.global_pool(J), 2)
-
-
-def test_layernorm_on_vectors():
-    x1 = _x((4, 6), 10)
-    net = L.serial(L.Dense(5, b_std=0.2), L.LayerNorm(), L.Erf(), L.Dense(1))
-    k = net.kernel(x1)
-    J = R.inputs(x1)
-    J = R.dense(R.erf(R.layer_norm(R.dense(J, 5, b_std=0.2))), 1)
-    _check(k, J, 4)
-
-
-@pytest.mark.parametrize("mechanism", ["softmax", "identity", "relu", "abs"])
-def test_attention_matches_reference(mechanism):
-    x1, x2 = _x((2, 3, 3, 4), 11), _x((3, 3, 3, 4), 12)
-    net = L.serial(
-        L.Conv(4, 2, padding="same"),
-        L.GlobalSelfAttention(5, qk_std=0.7, ov_std=1.2, b_std=0.1, mechanism=mechanism),
-        L.ReLU(),
-        L.GlobalAvgPool(),
-    )
-    k = net.kernel(x1, x2)
-    J = R.conv(R.inputs(x1, x2), 4, 2, 1, "same")
-    J = R.attention(J, 5, qk_std=0.7, ov_std=1.2, b_std=0.1, mechanism=mechanism)
-    _check(k, R.global_pool(R.relu(J)), 2)
-
-
-def test_attention_on_sequences_full_output():
-    x1 = _x((3, 4, 6), 13)
-    net = L.serial(L.Conv(4, 3, padding="circular"), L.GlobalSelfAttention(4), L.Erf())
-    k = net.kernel(x1)
-    J = R.erf(R.attention(R.conv(R.inputs(x1), 4, 3, 1, "circular"), 4))
-    _check(k, J, 3)
-
-
-@pytest.mark.parametrize("explicit_x2", [False, True])
-def test_dropout_matches_reference(explicit_x2):
-    x1 = _x((3, 2, 4, 4), 14)
-    x2 = _x((2, 2, 4, 4), 15) if explicit_x2 else None
-    net = L.serial(
-        L.Conv(4, 3, padding="same"),
-        L.ReLU(),
-        L.Dropout(0.3),
-        L.Conv(4, 2),
-        L.ReLU(),
-        L.GlobalAvgPool(),
-    )
-    k = net.kernel(x1, x2)
-    J = R.inputs(x1, x2)
-    J = R.dropout(R.relu(R.conv(J, 4, 3, 1, "same")), 0.3)
-    J = R.global_pool(R.relu(R.conv(J, 4, 2)))
-    _check(k, J, 3)
-
-
-def test_dropout_flatten_diagonal_layout():
-    x1 = _x((3, 2, 4, 4), 16)
-    net = L.serial(L.Conv(4, 3, padding="same"), L.ReLU(), L.Dropout(0.5), L.Flatten(), L.Dense(1))
-    k = net.kernel(x1)
-    J = R.dense(R.flatten(R.dropout(R.relu(R.conv(R.inputs(x1), 4, 3, 1, "same")), 0.5)), 1)
-    _check(k, J, 3)
-
-
-def test_dropout_and_layernorm_on_vectors():
-    x1 = _x((4, 6), 17)
-    net = L.serial(L.Dense(5, b_std=0.2), L.LayerNorm(), L.ReLU(), L.Dropout(0.25), L.Dense(1))
-    k = net.kernel(x1)
-    J = R.inputs(x1)
-    J = R.dense(R.dropout(R.relu(R.layer_norm(R.dense(J, 5, b_std=0.2))), 0.25), 1)
-    _check(k, J, 4)
-
-
-def test_layernorm_in_diagonal_layout():
-    x1, x2 = _x((2, 2, 4, 5), 18), _x((3, 2, 4, 5), 19)
-    net = L.serial(
-        L.Conv(4, 3, padding="same", b_std=0.4), L.LayerNorm(eps=0.01), L.ReLU(), L.Flatten()
-    )
-    k = net.kernel(x1, x2)
-    J = R.flatten(R.relu(R.layer_norm(R.conv(R.inputs(x1, x2), 4, 3, 1, "same", b_std=0.4), 0.01)))
-    _check(k, J, 2)

@@ -9,7 +9,7 @@ from ntkit import layers as L
 
 
 def _relu_mlp_untiled(x1, x2, w, b, depth):
-    """Arc-cosine recursion (Cho & Saul 2009; formula F2) on whole matrices, no tiling."""
+    """Arc-cosine recursion (Cho & Saul 2009) on whole matrices, no tiling."""
     d = x1.shape[1]
     q = w * w * (x1 @ x2.T / d) + b * b
     v1 = w * w * (x1 * x1).sum(1) / d + b * b

@@ -1,4 +1,4 @@
-"""Whole-network kernels against the pair-by-pair recursion F2 with quadrature expectations."""
+"""Whole-network kernels against the infinite-width recursion, pair by pair (quadrature)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Closed-form MSE dynamics (F3) against ODE integration, feature-space GD and limits."""
+"""Closed-form MSE dynamics against ODE integration, feature-space GD and limits."""
 
 import math
 
@@ -55,7 +55,7 @@ def _feature_problem(n=10, p=4, n_test=5, m=2, seed=0):
 @pytest.mark.parametrize("ridge", [0.0, 0.3])
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_discrete_gd_equals_feature_space_gd_even_when_singular(ridge, reduction):
-    """A linear model f = f0 + Phi theta trained by GD is exactly what F3 describes."""
+    """A linear model f = f0 + Phi theta trained by GD is exactly what the closed form describes."""
     phi, phi_t, y = _feature_problem()
     k, kt = phi @ phi.T, phi_t @ phi.T
     f0, ft0 = randn(10, 2, seed=11), randn(5, 2, seed=12)

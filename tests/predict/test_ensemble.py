@@ -1,4 +1,4 @@
-"""Infinite-ensemble predictions (F4): formula, limits, and trained finite ensembles."""
+"""Infinite-ensemble predictions: formula, limits, and trained finite ensembles."""
 
 import math
 

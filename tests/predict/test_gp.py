@@ -1,4 +1,4 @@
-"""GP posteriors (F5) against scikit-learn's GaussianProcessRegressor on a fixed kernel."""
+"""GP posteriors against scikit-learn's GaussianProcessRegressor on a fixed kernel."""
 
 import math
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ntkit.errors import LayerSpecError
 from ntkit.kernel import Kernel
 
 
@@ -328,8 +329,6 @@ def resolve_windows(
     Raises:
         LayerSpecError: the window does not fit the (padded) input.
     """
-    from ntkit.layers.base import LayerSpecError
-
     n = len(lengths)
     if n == 0:
         raise LayerSpecError(

@@ -14,8 +14,9 @@ import math
 import torch
 from torch import nn
 
+from ntkit.errors import LayerSpecError
 from ntkit.kernel import Kernel
-from ntkit.layers.base import Layer, LayerSpecError, Shape
+from ntkit.layers.base import Layer, Shape
 from ntkit.layers.modules import (
     FanInConcatModule,
     FanInProdModule,

@@ -1,4 +1,6 @@
-"""Closed-form gradient-descent dynamics of kernel models on the squared loss (formula F3).
+"""Closed-form gradient-descent dynamics of kernel models on the squared loss.
+
+The solution of Lee et al. 2019, eqs. 9-11.
 
 A model whose tangent kernel stays fixed (the infinitely wide network, or a finite network's
 linearization ``f0(x) + J(x) (theta - theta0)``) trained by gradient descent on the squared
@@ -13,7 +15,7 @@ descent with step count ``t``, ``g_t(mu) = (1 - (1 - eta mu)^t) / mu``. Without 
 
 Loss conventions (``reduction``):
 
-- ``"sum"``: ``L = (1/2) sum_{i,a} (f_a(x_i) - y_ia)^2`` (the formula sheet's F3).
+- ``"sum"``: ``L = (1/2) sum_{i,a} (f_a(x_i) - y_ia)^2`` (Lee et al. 2019).
 - ``"mean"``: ``L = (1/2) mean_{i,a} (f_a(x_i) - y_ia)^2``, the mean over all ``|Y| = n * m``
   target entries; identical dynamics with ``eta`` replaced by ``eta / |Y|``.
 
@@ -226,7 +228,9 @@ def gradient_descent_mse(
     reduction: str = "sum",
     discrete: bool = False,
 ) -> MSEPredictor:
-    """Predictor of gradient descent on the squared loss with a fixed kernel (formula F3).
+    """Predictor of gradient descent on the squared loss with a fixed kernel.
+
+    Closed form of Lee et al. 2019, eqs. 9-11.
 
     One eigendecomposition of ``k_train_train`` (``O(N^3)``) is shared by all calls; each
     call costs ``O(N^2 (T m + n_test))``. Kernel math runs in the kernel's dtype (float64

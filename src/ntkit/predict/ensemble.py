@@ -1,4 +1,4 @@
-"""The infinite ensemble of wide networks trained by gradient descent (formula F4).
+"""The infinite ensemble of wide networks trained by gradient descent (Lee et al. 2019, sec. 2.3).
 
 At infinite width the initial outputs are a GP with the NNGP kernel ``K`` and training on
 the squared loss moves them linearly: ``f_t(x) = f_0(x) + Theta(x, X) G_t (Y - f_0(X))``
@@ -158,7 +158,7 @@ def gradient_descent_mse_ensemble(
     dtype: torch.dtype | None = None,
     max_memory: int | None = None,
 ) -> EnsemblePredictor:
-    """Predictor of the infinite ensemble of networks trained on the squared loss (F4).
+    """Predictor of the infinite ensemble of networks trained on the squared loss.
 
     Computes ``net.kernel(x_train)`` (NNGP and NTK) and one eigendecomposition now; each
     call computes the test kernels it needs.

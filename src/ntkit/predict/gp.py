@@ -1,4 +1,4 @@
-"""Gaussian-process posteriors with NNGP or NTK kernels (formula F5).
+"""Gaussian-process posteriors with NNGP (Lee et al. 2018) or NTK (Lee et al. 2019) kernels.
 
 With the NNGP kernel this is exact Bayesian inference in the infinitely wide network
 (Lee et al. 2018); with the NTK it is the NTK-GP of He et al. 2020 (the posterior of an

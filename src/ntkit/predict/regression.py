@@ -1,4 +1,4 @@
-"""Kernel (ridge / ridgeless) regression, formula F5 of the reference sheet."""
+"""Kernel (ridge / ridgeless) regression."""
 
 from __future__ import annotations
 

@@ -14,9 +14,11 @@ from ntkit.reproduce import (
     label_aware,
     min_eigenvalue,
     ntk_convergence,
+    ntk_evolution_adversarial,
     pntk,
     polynomial,
     sample_then_optimize,
+    super_consistency,
 )
 
 EXPERIMENTS = {
@@ -28,6 +30,8 @@ EXPERIMENTS = {
         curves,
         polynomial,
         sample_then_optimize,
+        super_consistency,
+        ntk_evolution_adversarial,
         label_aware,
         complex_ntk,
     )

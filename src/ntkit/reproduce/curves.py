@@ -1,6 +1,6 @@
 """Wang, Buchanan, Gilboa & Wright 2021 at small scale: deep ReLU NTKs localize.
 
-Claims reproduced (papers.md, entry 5): the NTK of a deep ReLU network, as a function of the
+Claims reproduced: the NTK of a deep ReLU network, as a function of the
 angle between two points on the sphere, concentrates around 0 with a half-width that shrinks
 roughly like 1/depth (depth is a resource for fitting), and NTK regression separates two
 close curves on the sphere that the shallowest network cannot.

@@ -1,6 +1,6 @@
 """Bombari, Amani & Mondelli 2022 at small scale: the smallest NTK eigenvalue against P/N.
 
-Claim reproduced (papers.md, entry 4): the smallest eigenvalue of the empirical NTK is
+Claim reproduced: the smallest eigenvalue of the empirical NTK is
 (numerically) zero while the network has fewer parameters P than samples N -- the N x N
 kernel ``J J^T`` has rank at most P -- and bounded away from zero once P exceeds N (up to
 logarithmic factors), approaching the infinite-width NTK's smallest eigenvalue.

@@ -1,6 +1,6 @@
 """Mohamadi, Bae & Sutherland 2023 at small scale: the sum-of-logits pseudo-NTK.
 
-Claims reproduced (papers.md, entry 2): at initialization ``pNTK (x) I_O`` approximates the
+Claims reproduced: at initialization ``pNTK (x) I_O`` approximates the
 full empirical NTK with relative error falling like width^-1/2; the largest eigenvalues
 agree; kernel regression with the pNTK tracks regression with the full eNTK; and the pNTK
 costs a fraction (about ``1/O``) of the full kernel.

@@ -1,6 +1,6 @@
 """Wu et al. 2022 at small scale: Hadamard products shift NTK spectra to higher frequencies.
 
-Claim examined (papers.md, entry 6): product layers slow the decay of the NTK's eigenvalues,
+Claim examined: product layers slow the decay of the NTK's eigenvalues,
 so polynomial networks fit higher frequencies sooner. For a dot-product kernel on the
 sphere S^2 the eigenvalue of every degree-l spherical harmonic is (Funk-Hecke)
 ``mu_l = 2 pi int_{-1}^{1} k(t) P_l(t) dt``, computed here by Gauss-Legendre quadrature of

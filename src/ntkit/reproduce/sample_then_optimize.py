@@ -1,6 +1,6 @@
 """Dai et al. 2022 at small scale: sample-then-optimize samples the NTK-GP posterior.
 
-Claims reproduced (papers.md, entry 11): training the linearized network from a random
+Claims reproduced: training the linearized network from a random
 initialization ``theta0 + delta0`` (``delta0 ~ N(0, I)``) on perturbed targets
 ``y + eps`` (``eps ~ N(0, s^2 I)``), with weight decay toward that initialization, lands on
 an exact sample of the Gaussian-process posterior whose kernel is the empirical NTK at

@@ -1,0 +1,5 @@
+"""``python -m ntkit``: the ``ntkit`` command."""
+
+from ntkit.cli import main
+
+main()
