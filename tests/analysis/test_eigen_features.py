@@ -10,6 +10,7 @@ from ntkit.analysis import (
     eigen_feature_weights,
     eigen_features,
     feature_accuracy,
+    feature_robust_accuracy,
 )
 from ntkit.attacks import fgsm, pgd
 from ntkit.predict import kernel_regression
@@ -129,3 +130,28 @@ def test_bad_input():
         fgsm(f, xt, torch.sign(xt[:, 0]), eps=0.1, loss="mse")
     with pytest.raises(ValueError, match="one row per training input"):
         KernelPredictor(_ntk, x, torch.zeros(3))
+
+
+def test_feature_robust_accuracy_bounds_and_zero_radius():
+    # eps = 0 leaves the inputs unchanged: robust accuracy == clean accuracy exactly. PGD
+    # keeps each sample's worst iterate (clean input included), so a misclassified sample
+    # stays misclassified and robust accuracy can never exceed clean accuracy.
+    x, y, xt = _data(4, n=40, nt=16)
+    labels = (torch.sign(xt[:, 0] * xt[:, 1]) > 0).long()
+    feats = [0, 1, 2, 5, 10]
+    parts = eigen_features(_ntk(x, x), y, _ntk(xt, x))
+    clean = feature_accuracy(parts[feats], labels)
+    zero = feature_robust_accuracy(_ntk, x, y, xt, labels, features=feats, eps=0.0)
+    torch.testing.assert_close(zero, clean)
+    rob = feature_robust_accuracy(
+        _ntk, x, y, xt, labels, features=feats, eps=0.5, attack="pgd", steps=3
+    )
+    assert bool((rob <= clean).all()) and float(rob.sum()) < float(clean.sum())
+    # multi-class targets: cross-entropy attack on argmax predictions
+    y3 = torch.nn.functional.one_hot((x[:, 0] > 0).long() + (x[:, 1] > 0).long()).double()
+    lab3 = (xt[:, 0] > 0).long() + (xt[:, 1] > 0).long()
+    r3 = feature_robust_accuracy(_ntk, x, y3, xt, lab3, features=[0, 3], eps=0.0)
+    clean3 = feature_accuracy(eigen_features(_ntk(x, x), y3, _ntk(xt, x))[[0, 3]], lab3)
+    torch.testing.assert_close(r3, clean3)
+    with pytest.raises(ValueError, match="outside"):
+        feature_robust_accuracy(_ntk, x, y, xt, labels, features=[99], eps=0.1)

@@ -8,6 +8,7 @@ from ntkit.analysis.eigen_features import (
     eigen_feature_weights,
     eigen_features,
     feature_accuracy,
+    feature_robust_accuracy,
 )
 from ntkit.analysis.label_aware import (
     empirical_k4,
@@ -39,6 +40,7 @@ __all__ = [
     "eigen_feature_weights",
     "eigen_features",
     "feature_accuracy",
+    "feature_robust_accuracy",
     "NTKTracker",
     "TraceEstimate",
     "alignment",

@@ -26,6 +26,7 @@ __all__ = [
     "eigen_feature_weights",
     "eigen_features",
     "feature_accuracy",
+    "feature_robust_accuracy",
 ]
 
 
@@ -160,3 +161,67 @@ class KernelPredictor(torch.nn.Module):
                 "attacks need a kernel computed by torch operations on x, e.g. net.kernel."
             )
         return k.to(self.weights.dtype) @ self.weights
+
+
+def feature_robust_accuracy(
+    kernel_fn: Callable,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_test: torch.Tensor,
+    labels_test: torch.Tensor,
+    *,
+    features,
+    eps: float,
+    attack: str = "fgsm",
+    norm: str = "linf",
+    steps: int = 10,
+) -> torch.Tensor:
+    """Accuracy of single eigen-features under an attack on each feature alone.
+
+    Two classes (``y_train`` of shape ``(n,)``, +-1): feature ``i`` predicts class 1 where
+    ``f_i(x) > 0`` and is attacked on the margin ``-y f_i(x)``. ``C`` classes (``y_train``
+    ``(n, C)``, e.g. one-hot): it predicts ``argmax f_i(x)`` and is attacked on the
+    cross-entropy of ``f_i(x)``. Gradients flow through ``kernel_fn`` by autograd.
+
+    Args:
+        kernel_fn: ``(x1, x2) -> (n1, n2)`` kernel, differentiable in ``x1``.
+        x_train: ``(n, *in_shape)`` training inputs.
+        y_train: ``(n,)`` +-1 targets or ``(n, C)`` targets.
+        x_test: ``(n_test, *in_shape)`` inputs to attack.
+        labels_test: ``(n_test,)`` integer labels (``{0, 1}`` for two classes).
+        features: Indices of the features (0 = largest eigenvalue).
+        eps: Attack radius.
+        attack: ``"fgsm"`` or ``"pgd"`` (``steps`` steps, best iterate kept).
+        norm: ``"linf"`` or ``"l2"``.
+        steps: PGD steps.
+
+    Returns:
+        ``(len(features),)`` float64 robust accuracies.
+    """
+    from ntkit.attacks import fgsm, pgd
+
+    if attack not in ("fgsm", "pgd"):
+        raise ValueError(f"attack must be 'fgsm' or 'pgd'; got {attack!r}.")
+    w = eigen_feature_weights(kernel_fn(x_train, x_train), y_train)
+    binary = y_train.ndim == 1
+    if binary:
+        target = 2.0 * labels_test.to(torch.float64) - 1.0
+
+        def loss(out, t):
+            return -(t * out[:, 0])
+    else:
+        target, loss = labels_test, "cross_entropy"
+    out = []
+    for i in features:
+        if not 0 <= int(i) < w.shape[0]:
+            raise ValueError(f"feature index {i} outside [0, {w.shape[0]}).")
+        f = KernelPredictor(kernel_fn, x_train, w[int(i)])
+        if attack == "fgsm":
+            adv = fgsm(f, x_test, target, eps=eps, norm=norm, loss=loss)
+        else:
+            adv = pgd(f, x_test, target, eps=eps, norm=norm, loss=loss, steps=steps)
+        with torch.no_grad():
+            pred = f(adv)
+        pred = (pred[:, 0] > 0).long() if binary else pred.argmax(1)
+        out.append(float((pred == labels_test).double().mean()))
+    return torch.tensor(out, dtype=torch.float64)
