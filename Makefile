@@ -22,6 +22,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy  # the public API and tests/typing/user_code.py, settings in pyproject.toml
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q  # 2 workers x 1 thread on 2 cores
 
 test-slow: $(STAMP)
@@ -35,6 +36,7 @@ bench: $(STAMP)  # about 25 minutes on 2 cores; tables go to docs/benchmarks/
 	$(BIN)/python benchmarks/cnn_kernel.py
 	$(BIN)/python benchmarks/empirical_ntk.py --threads 2
 	$(BIN)/python benchmarks/predict.py --threads 2
+	$(BIN)/python benchmarks/analysis.py --threads 2 --write
 	$(BIN)/python benchmarks/sklearn_gp.py --threads 1
 
 clean:

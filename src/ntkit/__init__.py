@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "empirical_ntk": "ntkit.empirical",
     "linearize": "ntkit.empirical",
     "monte_carlo_kernel": "ntkit.empirical",
+    "ntk_features": "ntkit.empirical",
     "ntk_vp": "ntkit.empirical",
     "register_rule": "ntkit.empirical",
     "taylor_expand": "ntkit.empirical",
@@ -35,9 +36,12 @@ _EXPORTS: dict[str, str] = {
 
 #: Subpackages reachable as ``ntkit.NAME`` without an explicit import.
 _SUBMODULES: tuple[str, ...] = (
+    "analysis",
+    "attacks",
     "datasets",
     "empirical",
     "layers",
+    "parametrization",
     "predict",
     "report",
     "reproduce",
@@ -45,11 +49,23 @@ _SUBMODULES: tuple[str, ...] = (
 )
 
 if TYPE_CHECKING:
-    from ntkit import datasets, empirical, layers, predict, report, reproduce, settings
+    from ntkit import (
+        analysis,
+        attacks,
+        datasets,
+        empirical,
+        layers,
+        parametrization,
+        predict,
+        report,
+        reproduce,
+        settings,
+    )
     from ntkit.empirical import (
         empirical_ntk,
         linearize,
         monte_carlo_kernel,
+        ntk_features,
         ntk_vp,
         register_rule,
         taylor_expand,

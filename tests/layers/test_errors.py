@@ -100,7 +100,9 @@ def test_bad_layer_arguments():
     with pytest.raises(TypeError, match="expects ntkit layers"):
         L.serial(L.Dense(3), torch.nn.ReLU())
     with pytest.raises(ValueError, match="parameterization must be one of"):
-        L.Dense(3, parameterization="mup")
+        L.Dense(3, parameterization="mean-field")
+    with pytest.raises(ValueError, match="no infinite-width NTK under muP"):
+        L.Conv(3, 3, parameterization="mup")
     with pytest.raises(ValueError, match="w_std must be a finite non-negative"):
         L.Dense(3, w_std=-1.0)
     with pytest.raises(ValueError, match="positive integer"):

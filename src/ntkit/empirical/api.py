@@ -6,19 +6,17 @@ import numpy as np
 import torch
 
 from ntkit._validation import as_batch, check_finite
-from ntkit.empirical.assemble import assemble, plan_chunks
-from ntkit.empirical.cost import IMPLEMENTATIONS, choose, estimate
+from ntkit.empirical.cost import CostContext, choose, estimate
 from ntkit.empirical.functional import (
     FunctionalModel,
     active_dropout,
     functionalize,
     transform_safe,
 )
-from ntkit.empirical.jacobian import JacobianFeaturizer
-from ntkit.empirical.modes import ModeSpec, mode_spec
+from ntkit.empirical.implementations import REGISTRY
+from ntkit.empirical.modes import mode_spec
 from ntkit.empirical.profile import profile
-from ntkit.empirical.structured import StructuredFeaturizer, feature_bytes
-from ntkit.empirical.vector_products import ntvp_kernel, ntvp_plan, vector_product
+from ntkit.empirical.vector_products import vector_product
 from ntkit.kernel import Kernel
 from ntkit.settings import default_max_memory, format_bytes
 
@@ -70,6 +68,8 @@ def empirical_ntk(
     params=None,
     per_parameter: bool = False,
     max_memory: int | None = None,
+    dim: int | None = None,
+    seed: int = 0,
 ):
     """Empirical (finite-width) NTK ``Theta(x, x') = J(x) J(x')^T`` of a model.
 
@@ -88,12 +88,16 @@ def empirical_ntk(
         logit: Output index for ``mode="logit"``.
         implementation: ``"jacobian"`` (Jacobian contraction), ``"ntvp"`` (NTK-vector
             products), ``"structured"`` (per-module rules, exact fallback for other
-            parameters) or ``"auto"`` (chosen by a cost model).
+            parameters), ``"auto"`` (the exact one chosen by a cost model) or
+            ``"projected"`` (an unbiased estimate from ``dim`` random-projection features,
+            relative error about ``dim^-1/2``; see :func:`ntkit.ntk_features`).
         params: Names of the parameters to differentiate in (module; default: all that
             require grad), or the parameter dict (function).
         per_parameter: Return ``{name: kernel}`` instead of the sum over parameters.
         max_memory: Memory budget in bytes (default: half the available memory); inputs
             and outputs are chunked to fit, or a ``ValueError`` gives the estimate.
+        dim: Number of projected features (``implementation="projected"`` only).
+        seed: Seed of the projection (``implementation="projected"`` only).
 
     Returns:
         The kernel in the model's dtype (float32 or float64) on ``x1``'s device, or a dict
@@ -104,22 +108,39 @@ def empirical_ntk(
             hold the result.
         TypeError: ``model`` is neither a module nor a function, or inputs are not arrays.
     """
-    if implementation not in (*IMPLEMENTATIONS, "auto"):
+    if implementation not in (*REGISTRY, "auto"):
         raise ValueError(
-            f"implementation must be one of {(*IMPLEMENTATIONS, 'auto')}; got {implementation!r}."
+            f"implementation must be one of {(*REGISTRY, 'auto')}; got {implementation!r}."
+        )
+    if dim is not None and implementation != "projected":
+        raise ValueError(
+            f"dim={dim!r} is only used with implementation='projected'; got "
+            f"implementation={implementation!r}."
         )
     fm = functionalize(model, params)
     x1, x2, dtype, device, out_device = _inputs(fm, x1, x2)
     with transform_safe():
         return _empirical_ntk(
-            fm, x1, x2, mode, logit, implementation, per_parameter, max_memory, out_device
+            fm,
+            x1,
+            x2,
+            mode,
+            logit,
+            implementation,
+            per_parameter,
+            max_memory,
+            out_device,
+            dim,
+            seed,
         )
 
 
-def _empirical_ntk(fm, x1, x2, mode, logit, implementation, per_parameter, max_memory, out_device):
+def _empirical_ntk(
+    fm, x1, x2, mode, logit, implementation, per_parameter, max_memory, out_device, dim, seed
+):
     dtype, device = _model_place(fm)
     pair = x1[:2] if (x1.shape[0] >= 2 or x2 is None) else torch.cat([x1[:1], x2[:1]])
-    prof = profile(fm, pair, use_rules=implementation in ("structured", "auto"))
+    prof = profile(fm, pair, use_rules=implementation in ("structured", "auto", "projected"))
     spec = mode_spec(mode, logit, prof.out_numel)
     n1 = x1.shape[0]
     n2 = n1 if x2 is None else x2.shape[0]
@@ -130,57 +151,24 @@ def _empirical_ntk(fm, x1, x2, mode, logit, implementation, per_parameter, max_m
     budget = default_max_memory(device) if max_memory is None else int(max_memory)
     itemsize = torch.finfo(dtype).bits // 8
     sym = x2 is None
-    ests = estimate(prof, spec, n1, n2, sym, itemsize, budget, device.type, per_parameter)
+    ctx = CostContext(
+        prof, spec, n1, n2, sym, itemsize, budget, device.type, per_parameter, dim=dim
+    )
     impl = implementation
     if impl == "auto":
-        if not ests:
-            _refuse(prof, spec, n1, n2, itemsize, budget, per_parameter)
+        ests = estimate(prof, spec, n1, n2, sym, itemsize, budget, device.type, per_parameter)
+        if not ests:  # the most frugal implementation's refusal, with its estimate
+            REGISTRY["structured"].cost(ctx)
+            raise ValueError(f"max_memory={format_bytes(budget)} cannot hold this kernel.")
         impl = choose(ests)
-    elif impl not in ests:
-        _refuse(prof, spec, n1, n2, itemsize, budget, per_parameter, impl)
+        est = ests[impl]
+    else:
+        est = REGISTRY[impl].cost(ctx)  # raises with the estimate when it cannot fit
     names = list(fm.params) if per_parameter else None
-    out = _compute(impl, fm, prof, x1, x2, spec, ests[impl].plan, names)
+    out = REGISTRY[impl].compute(ctx, est, x1, x2, names, seed)
     if per_parameter:
         return {n: spec.finalize(t).to(out_device) for n, t in out.items()}
     return spec.finalize(out).to(out_device)
-
-
-def _compute(impl, fm, prof, x1, x2, spec: ModeSpec, plan, names):
-    dtype = next(iter(fm.params.values())).dtype
-    if impl == "ntvp":
-        cols, rows = plan
-        if names is None:
-            return ntvp_kernel(fm, x1, x2, spec, cols, rows)
-        return {n: ntvp_kernel(fm, x1, x2, spec, cols, rows, params=[n]) for n in names}
-    if impl == "jacobian":
-        feat = JacobianFeaturizer(fm)
-    else:
-        feat = StructuredFeaturizer(prof, fuse=names is None)
-    feat.dtype = dtype
-    return assemble(feat, x1, x2, spec, plan, names)
-
-
-def _refuse(prof, spec, n1, n2, itemsize, budget, per_parameter, impl=None):
-    """Raise the memory error of the most frugal implementation (or of ``impl``)."""
-    n_res = len(prof.param_numel) if per_parameter else 1
-    if impl == "ntvp":
-        ntvp_plan(spec, n1, n2, prof.total_params, prof.act_bytes, itemsize, budget)
-    elif impl == "jacobian":
-        plan_chunks(
-            spec,
-            n1,
-            n2,
-            False,
-            prof.act_bytes,
-            prof.total_params * itemsize + 2 * prof.act_bytes,
-            itemsize,
-            budget,
-            n_res,
-            "this kernel with implementation='jacobian'",
-        )
-    fixed, per_dir = feature_bytes(prof, spec.n_directions, itemsize)
-    plan_chunks(spec, n1, n2, False, fixed, per_dir + prof.act_bytes, itemsize, budget, n_res)
-    raise ValueError(f"max_memory={format_bytes(budget)} cannot hold this kernel.")
 
 
 def ntk_vp(model, x1, x2, v, *, params=None, max_memory: int | None = None) -> torch.Tensor:

@@ -22,6 +22,7 @@ do not fit in ``max_memory`` are skipped, and chunking's recomputation is charge
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from ntkit.empirical.assemble import ChunkPlan, plan_chunks
@@ -31,8 +32,18 @@ from ntkit.empirical.profile import ModelProfile
 from ntkit.empirical.structured import feature_bytes
 from ntkit.empirical.vector_products import ntvp_plan
 
-__all__ = ["IMPLEMENTATIONS", "CostEstimate", "choose", "estimate"]
+__all__ = [
+    "IMPLEMENTATIONS",
+    "CostContext",
+    "CostEstimate",
+    "choose",
+    "estimate",
+    "jacobian_cost",
+    "ntvp_cost",
+    "structured_cost",
+]
 
+#: The exact implementations (``auto`` chooses among them); see ``implementations.REGISTRY``.
 IMPLEMENTATIONS = ("jacobian", "ntvp", "structured")
 
 #: Throughputs per device: FLOP/s of matrix products (contractions), FLOP/s of vectorised
@@ -102,6 +113,145 @@ def _structured_costs(
     return flops, moved
 
 
+@dataclass(frozen=True)
+class CostContext:
+    """What a cost model sees of one request.
+
+    Attributes:
+        prof: The model's profile (one-sample forward pass).
+        spec: The mode.
+        n1: Samples of ``x1``.
+        n2: Samples of ``x2`` (``n1`` when ``sym``).
+        sym: ``x2 is None``.
+        itemsize: Bytes per entry.
+        budget: ``max_memory``.
+        device_type: ``"cpu"`` or ``"cuda"`` (others use the CUDA constants).
+        per_parameter: Whether one kernel per parameter is returned.
+        dim: Projected features (``implementation="projected"`` only).
+    """
+
+    prof: ModelProfile
+    spec: ModeSpec
+    n1: int
+    n2: int
+    sym: bool
+    itemsize: int
+    budget: float
+    device_type: str
+    per_parameter: bool = False
+    dim: int | None = None
+
+    @property
+    def rate(self) -> dict:
+        return _THROUGHPUT["cpu" if self.device_type == "cpu" else "cuda"]
+
+    @property
+    def n_results(self) -> int:
+        return len(self.prof.param_numel) if self.per_parameter else 1
+
+    def seconds(self, ad_flops, mm_flops, moved_entries, passes) -> float:
+        """Seconds of autodiff FLOPs, matrix-product FLOPs, moved entries and passes."""
+        rate = self.rate
+        return (
+            ad_flops / rate["autodiff"]
+            + mm_flops / rate["matmul"]
+            + moved_entries * self.itemsize / rate["bytes"]
+            + passes * rate["pass"]
+        )
+
+
+def jacobian_cost(ctx: CostContext) -> CostEstimate:
+    """Cost of Jacobian contraction.
+
+    Per-sample Jacobians (forward + ``K`` backward passes with weight gradients), written
+    out, then contracted.
+
+    Raises:
+        ValueError: one sample and one direction do not fit ``ctx.budget``.
+    """
+    prof, spec, k = ctx.prof, ctx.spec, ctx.spec.n_directions
+    total_p = prof.total_params
+    plan = plan_chunks(
+        spec,
+        ctx.n1,
+        ctx.n2,
+        ctx.sym,
+        prof.act_bytes,
+        total_p * ctx.itemsize + 2 * prof.act_bytes,
+        ctx.itemsize,
+        ctx.budget,
+        ctx.n_results,
+        "this kernel with implementation='jacobian'",
+    )
+    t = ctx.seconds(
+        _autodiff_flops(plan, k, max(prof.flops, 1.0)),
+        _contract_flops(spec, ctx.n1, ctx.n2, ctx.sym, k, total_p),
+        plan.featurized * total_p,
+        _passes(plan),
+    )
+    return CostEstimate("jacobian", t, plan.peak, plan)
+
+
+def structured_cost(ctx: CostContext) -> CostEstimate:
+    """Cost of the structured rules.
+
+    Forward + ``K`` backward passes for the cotangents (no weight gradients), the generic
+    parameters' Jacobians, then per-layer contractions.
+
+    Raises:
+        ValueError: one sample and one direction do not fit ``ctx.budget``.
+    """
+    prof, spec, k = ctx.prof, ctx.spec, ctx.spec.n_directions
+    n1, n2, sym = ctx.n1, ctx.n2, ctx.sym
+    gen_p = sum(prof.param_numel[nm] for nm in prof.generic)
+    fixed, per_dir = feature_bytes(prof, k, ctx.itemsize)
+    plan = plan_chunks(
+        spec,
+        n1,
+        n2,
+        sym,
+        fixed,
+        per_dir + prof.act_bytes,
+        ctx.itemsize,
+        ctx.budget,
+        ctx.n_results,
+    )
+    # measured: the probes' backward costs about as much as one with weight gradients
+    ad = (2 if prof.generic else 1) * _autodiff_flops(plan, k, max(prof.flops, 1.0))
+    mm, moved = _structured_costs(prof, spec, n1, n2, sym, k, not ctx.per_parameter)
+    mm += sum(_contract_flops(spec, n1, n2, sym, k, prof.param_numel[nm]) for nm in prof.generic)
+    recompute = plan.featurized / (k * (n1 + (0 if sym else n2)))
+    t = ctx.seconds(ad, mm, moved * recompute + plan.featurized * gen_p, _passes(plan))
+    return CostEstimate("structured", t, plan.peak, plan)
+
+
+def ntvp_cost(ctx: CostContext) -> CostEstimate:
+    """Cost of NTK-vector products.
+
+    Per-sample Jacobians of ``x2`` as tangents, then one Jacobian-vector product of the
+    ``x1`` batch per kernel column.
+
+    Raises:
+        ValueError: one column does not fit ``ctx.budget``.
+    """
+    prof, spec, k = ctx.prof, ctx.spec, ctx.spec.n_directions
+    n1, n2 = ctx.n1, ctx.n2
+    fwd = max(prof.flops, 1.0)
+    cols, rows, peak = ntvp_plan(
+        spec, n1, n2, prof.total_params, prof.act_bytes, ctx.itemsize, ctx.budget
+    )
+    if spec.how == "diag":
+        cols_total, jvp = n1 * k, _JVP * fwd * n1 * k
+    else:
+        cols_total, jvp = n2 * k, _JVP * fwd * n1 * n2 * k
+    n_tan = n1 if spec.how == "diag" else n2
+    n_pass = -(-cols_total // cols) * (1 if spec.how == "diag" else -(-n1 // rows))
+    t = ctx.n_results * ctx.seconds(
+        n_tan * fwd + n_tan * k * 2.0 * fwd + jvp, 0.0, n_tan * k * prof.total_params, n_pass
+    )
+    return CostEstimate("ntvp", t, peak, (cols, rows))
+
+
 def estimate(
     prof: ModelProfile,
     spec: ModeSpec,
@@ -113,7 +263,7 @@ def estimate(
     device_type: str,
     per_parameter: bool = False,
 ) -> dict[str, CostEstimate]:
-    """Cost of each implementation that fits in ``budget``.
+    """Cost of each exact implementation of the registry that fits in ``budget``.
 
     Args:
         prof: The model's profile (one-sample forward pass).
@@ -130,82 +280,15 @@ def estimate(
         ``implementation -> CostEstimate`` (implementations that cannot fit are absent; the
         dict is empty when none fits).
     """
-    rate = _THROUGHPUT["cpu" if device_type == "cpu" else "cuda"]
-    k = spec.n_directions
-    fwd = max(prof.flops, 1.0)
-    n_res = len(prof.param_numel) if per_parameter else 1
-    total_p = prof.total_params
-    gen_p = sum(prof.param_numel[nm] for nm in prof.generic)
+    from ntkit.empirical.implementations import REGISTRY
+
+    ctx = CostContext(prof, spec, n1, n2, sym, itemsize, budget, device_type, per_parameter)
     out: dict[str, CostEstimate] = {}
-
-    def seconds(ad_flops, mm_flops, moved_entries, passes):
-        return (
-            ad_flops / rate["autodiff"]
-            + mm_flops / rate["matmul"]
-            + moved_entries * itemsize / rate["bytes"]
-            + passes * rate["pass"]
-        )
-
-    # Jacobian contraction: per-sample Jacobians (forward + K backward passes with weight
-    # gradients), written out, then contracted.
-    try:
-        plan = plan_chunks(
-            spec,
-            n1,
-            n2,
-            sym,
-            prof.act_bytes,
-            total_p * itemsize + 2 * prof.act_bytes,
-            itemsize,
-            budget,
-            n_res,
-        )
-        t = seconds(
-            _autodiff_flops(plan, k, fwd),
-            _contract_flops(spec, n1, n2, sym, k, total_p),
-            plan.featurized * total_p,
-            _passes(plan),
-        )
-        out["jacobian"] = CostEstimate("jacobian", t, plan.peak, plan)
-    except ValueError:
-        pass
-
-    # structured: forward + K backward passes for the cotangents (no weight gradients),
-    # the generic parameters' Jacobians, then per-layer contractions.
-    fixed, per_dir = feature_bytes(prof, k, itemsize)
-    try:
-        plan = plan_chunks(
-            spec, n1, n2, sym, fixed, per_dir + prof.act_bytes, itemsize, budget, n_res
-        )
-        # measured: the probes' backward costs about as much as one with weight gradients
-        ad = (2 if prof.generic else 1) * _autodiff_flops(plan, k, fwd)
-        mm, moved = _structured_costs(prof, spec, n1, n2, sym, k, not per_parameter)
-        mm += sum(
-            _contract_flops(spec, n1, n2, sym, k, prof.param_numel[nm]) for nm in prof.generic
-        )
-        recompute = plan.featurized / (k * (n1 + (0 if sym else n2)))
-        t = seconds(ad, mm, moved * recompute + plan.featurized * gen_p, _passes(plan))
-        out["structured"] = CostEstimate("structured", t, plan.peak, plan)
-    except ValueError:
-        pass
-
-    # NTK-vector products: per-sample Jacobians of x2 as tangents, then one
-    # Jacobian-vector product of the x1 batch per kernel column.
-    try:
-        cols, rows, peak = ntvp_plan(spec, n1, n2, total_p, prof.act_bytes, itemsize, budget)
-        if spec.how == "diag":
-            cols_total, jvp = n1 * k, _JVP * fwd * n1 * k
-        else:
-            cols_total, jvp = n2 * k, _JVP * fwd * n1 * n2 * k
-        n_tan = n1 if spec.how == "diag" else n2
-        mult = len(prof.param_numel) if per_parameter else 1
-        n_pass = -(-cols_total // cols) * (1 if spec.how == "diag" else -(-n1 // rows))
-        t = mult * seconds(
-            n_tan * fwd + n_tan * k * 2.0 * fwd + jvp, 0.0, n_tan * k * total_p, n_pass
-        )
-        out["ntvp"] = CostEstimate("ntvp", t, peak, (cols, rows))
-    except ValueError:
-        pass
+    for name, impl in REGISTRY.items():
+        if not impl.exact:
+            continue
+        with contextlib.suppress(ValueError):
+            out[name] = impl.cost(ctx)
     return out
 
 

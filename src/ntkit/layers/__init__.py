@@ -28,6 +28,7 @@ from ntkit.layers.activations import (
     Sign,
     Sin,
 )
+from ntkit.layers.activations_extra import ExpNormalized, Gabor, SigmoidLike
 from ntkit.layers.attention import GlobalSelfAttention
 from ntkit.layers.base import Layer
 from ntkit.layers.combinators import (
@@ -42,35 +43,48 @@ from ntkit.layers.combinators import (
     serial,
 )
 from ntkit.layers.conv import Conv
+from ntkit.layers.conv_local import ConvLocal
+from ntkit.layers.conv_transpose import ConvTranspose
 from ntkit.layers.dense import Dense, Flatten, Identity
 from ntkit.layers.dropout import Dropout
+from ntkit.layers.graph import Aggregate, Graphs, graph_context
 from ntkit.layers.normalization import LayerNorm
 from ntkit.layers.pooling import AvgPool, GlobalAvgPool, GlobalSumPool, SumPool
+from ntkit.layers.recurrent import Recurrent
+from ntkit.layers.spatial_maps import ImageResize, Index
 
 __all__ = [
     "ABReLU",
+    "Aggregate",
     "Abs",
     "Activation",
     "AvgPool",
     "Conv",
+    "ConvLocal",
+    "ConvTranspose",
     "Cos",
     "Dense",
     "Dropout",
     "Elementwise",
     "Erf",
     "Exp",
+    "ExpNormalized",
     "FanInConcat",
     "FanInProd",
     "FanInSum",
     "FanOut",
     "Flatten",
     "GELU",
+    "Gabor",
     "Gaussian",
     "GlobalAvgPool",
     "GlobalSelfAttention",
     "GlobalSumPool",
+    "Graphs",
     "Hermite",
     "Identity",
+    "ImageResize",
+    "Index",
     "Layer",
     "LayerNorm",
     "LayerSpecError",
@@ -81,10 +95,13 @@ __all__ = [
     "RBF",
     "ReLU",
     "RectifiedMonomial",
+    "Recurrent",
     "Serial",
+    "SigmoidLike",
     "Sign",
     "Sin",
     "SumPool",
+    "graph_context",
     "parallel",
     "repeat",
     "serial",

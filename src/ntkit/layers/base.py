@@ -156,6 +156,8 @@ class Layer(ABC):
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        parameterization: str | None = None,
+        base_width: int | None = None,
     ) -> nn.Module:
         """The finite network this description stands for, with random initial weights.
 
@@ -164,16 +166,26 @@ class Layer(ABC):
             seed: Seed of the weights' random draw; the same seed gives the same module.
             dtype: Parameter dtype.
             device: Parameter device.
+            parameterization: ``None`` (each layer's own), or ``"standard"``, ``"ntk"``,
+                ``"mup"`` for the whole network via :func:`ntkit.parametrization.parametrize`
+                with each layer's ``w_std``/``b_std`` as gains (layers must use the default
+                ``parameterization="ntk"`` in the description). The per-layer learning-rate
+                scales: ``ntkit.parametrization.parametrize(model, ...).param_groups(lr)``.
+            base_width: The base width of ``"mup"``.
 
         Returns:
             A ``torch.nn.Module`` mapping ``(n, *in_shape)`` to ``(n, *out_shape)``, under
-            the parameterization each layer names.
+            the parameterization each layer names (or ``parameterization``).
         """
         in_shape = tuple(int(s) for s in in_shape)
         self.out_shape(in_shape)  # validates the whole description first
         generator = torch.Generator().manual_seed(int(seed))
         with torch.no_grad():
             mod = self.build_module(in_shape, generator)
+        if parameterization is not None:
+            from ntkit.parametrization import parametrize_spec_module
+
+            parametrize_spec_module(mod, parameterization, base_width=base_width, seed=seed)
         return mod.to(dtype=dtype, device=device)
 
     def __repr__(self) -> str:

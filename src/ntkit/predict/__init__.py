@@ -1,6 +1,7 @@
 """Inference with kernels: regression, Gaussian-process posteriors, training dynamics.
 
-- :func:`kernel_regression`, :func:`gp_posterior`: closed-form inference.
+- :func:`kernel_regression`, :func:`gp_posterior`: closed-form inference;
+  :func:`feature_regression`: the same from features ``K = phi phi^T`` in ``O(n k^2)``.
 - :func:`gradient_descent_mse`: outputs of gradient descent on the squared loss at any time
   (Lee et al. 2019, eqs. 9-11); :func:`gradient_descent_mse_ensemble`: the trained infinite
   ensemble's mean and covariance (Lee et al. 2019, sec. 2.3); :func:`gradient_descent`: any
@@ -13,6 +14,7 @@
 
 from ntkit.predict.dynamics import MSEPredictor, Prediction, gradient_descent_mse, max_learning_rate
 from ntkit.predict.ensemble import Ensemble, EnsemblePredictor, gradient_descent_mse_ensemble
+from ntkit.predict.features import feature_regression
 from ntkit.predict.gp import GPPosterior, gp_posterior
 from ntkit.predict.ode import ODEPredictor, gradient_descent
 from ntkit.predict.regression import kernel_regression, solve_psd
@@ -41,6 +43,7 @@ __all__ = [
     "Prediction",
     "conjugate_gradient",
     "empirical_ntk_operator",
+    "feature_regression",
     "gp_posterior",
     "gradient_descent",
     "gradient_descent_mse",

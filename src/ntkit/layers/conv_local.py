@@ -1,0 +1,233 @@
+"""Locally connected layers: convolutions with untied weights (and biases) per location.
+
+With a separate weight per output location, two different output locations depend on
+independent weights, so their covariance vanishes; the same-location covariance is that of
+the shared-weight convolution (Novak et al. 2019, arXiv 1810.05148, where this equivalence
+explains why CNNs without pooling match locally connected networks). ntkit computes Conv's
+window sum and keeps only the same-location entries, with zeros elsewhere in the full layout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ntkit.kernel import Kernel
+from ntkit.layers import _init
+from ntkit.layers._spatial import check_padding
+from ntkit.layers.base import Shape
+from ntkit.layers.conv import SpatialPad, WindowedLayer, flat_pads, patch_sum, spatial_input
+from ntkit.layers.dense import affine_kernel, check_parameterization, check_std
+
+__all__ = ["ConvLocal", "ConvLocalModule"]
+
+_LETTERS = "pqrstuvw"
+
+
+class ConvLocalModule(nn.Module):
+    """Finite locally connected layer ``y[o] = scale * sum_{c, a} W[o, c, a] x[o s + a] + b[o]``.
+
+    ``weight`` is ``(C_out, C_in, *kernel_size, *out_spatial)`` and ``bias``
+    ``(C_out, *out_spatial)``: one of each per output location.
+
+    Args:
+        in_channels: ``C_in``.
+        out_channels: ``C_out``.
+        kernel_size: One size per spatial axis.
+        stride: One stride per spatial axis.
+        out_spatial: Output lengths.
+        pads: ``F.pad`` amounts (last spatial axis first).
+        circular: Circular instead of zero padding.
+        scale: Weight scale (``w_std / sqrt(fan_in)`` under NTK parameterization, else 1).
+        b_scale: Bias scale; ``None`` means no bias.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, ...],
+        stride: tuple[int, ...],
+        out_spatial: tuple[int, ...],
+        pads: list[int],
+        circular: bool,
+        scale: float,
+        b_scale: float | None,
+    ):
+        super().__init__()
+        self.kernel_size = tuple(kernel_size)
+        self.stride = tuple(stride)
+        self.pad = SpatialPad(pads, circular)
+        self.scale = float(scale)
+        self.b_scale = None if b_scale is None else float(b_scale)
+        self.weight = nn.Parameter(
+            torch.empty(out_channels, in_channels, *kernel_size, *out_spatial)
+        )
+        if b_scale is None:
+            self.register_parameter("bias", None)
+        else:
+            self.bias = nn.Parameter(torch.empty(out_channels, *out_spatial))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(n, C_in, *spatial)`` -> ``(n, C_out, *out_spatial)``."""
+        patches = self.pad(x)
+        nd = len(self.kernel_size)
+        # gather windows by index (axis 2 + 2i becomes (out_i, k_i)); index_select, unlike
+        # unfold, has a vmap batching rule, which keeps empirical NTKs fast
+        for i, (size, step) in enumerate(zip(self.kernel_size, self.stride)):
+            d = 2 + 2 * i
+            out = (patches.shape[d] - size) // step + 1
+            idx = (torch.arange(out, device=x.device) * step)[:, None] + torch.arange(
+                size, device=x.device
+            )
+            patches = patches.index_select(d, idx.reshape(-1)).unflatten(d, (out, size))
+        o, k = _LETTERS[:nd], _LETTERS[nd : 2 * nd]
+        pairs = "".join(a + b for a, b in zip(o, k))
+        y = torch.einsum(f"nc{pairs},dc{k}{o}->nd{o}", patches, self.weight) * self.scale
+        if self.bias is not None:
+            y = y + self.b_scale * self.bias
+        return y
+
+    def extra_repr(self) -> str:
+        out_spatial = tuple(self.weight.shape[2 + len(self.kernel_size) :])
+        return (
+            f"{self.weight.shape[1]}, {self.weight.shape[0]}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, out_spatial={out_spatial}"
+        )
+
+
+def _location_identity(t: torch.Tensor, batch_axes: int, n_axes: int) -> torch.Tensor:
+    """0/1 mask, broadcastable to full-layout ``t``: 1 where every axis pair is equal."""
+    mask = None
+    for i in range(n_axes):
+        d = batch_axes + 2 * i
+        eye = torch.eye(t.shape[d], dtype=t.dtype, device=t.device)
+        shape = [1] * t.ndim
+        shape[d], shape[d + 1] = t.shape[d], t.shape[d + 1]
+        eye = eye.reshape(shape)
+        mask = eye if mask is None else mask * eye
+    return mask
+
+
+class ConvLocal(WindowedLayer):
+    """Locally connected layer (untied weights per location), same arguments as ``Conv``.
+
+    Each output location has its own weights ``W[o]`` ``(C_out, C_in, *kernel_size)`` and bias
+    ``b[o]``. NTK parameterization (default): ``y[o] = (w_std / sqrt(fan_in)) sum W[o] x_window(o)
+    + b_std b[o]`` with standard normal draws and ``fan_in = C_in * prod(kernel_size)``;
+    standard parameterization draws ``W ~ N(0, w_std^2 / fan_in)``, ``b ~ N(0, b_std^2)``.
+    The kernel equals :class:`ntkit.layers.Conv`'s at equal locations and is zero between
+    different locations. So ``ConvLocal`` followed by ``Flatten`` has the same kernel as
+    ``Conv`` followed by ``Flatten``, and differs once pooling mixes locations.
+
+    Args:
+        out_channels: Output channels (the width that goes to infinity).
+        kernel_size: Window size, an int for every spatial axis or one per axis.
+        stride: Step between output locations, int or one per axis.
+        padding: ``"valid"`` (default), ``"same"``, ``"circular"`` or ints, as for ``Conv``.
+        w_std: Weight standard deviation.
+        b_std: Bias standard deviation; ``None`` (default) means no bias.
+        parameterization: ``"ntk"`` or ``"standard"``.
+    """
+
+    memory_factor = 7.0
+
+    def __init__(
+        self,
+        out_channels: int,
+        kernel_size,
+        *,
+        stride=1,
+        padding="valid",
+        w_std: float = 1.0,
+        b_std: float | None = None,
+        parameterization: str = "ntk",
+    ):
+        if isinstance(out_channels, bool) or int(out_channels) != out_channels or out_channels < 1:
+            raise ValueError(
+                f"ConvLocal out_channels must be a positive integer; got {out_channels}."
+            )
+        for name, value in (("kernel_size", kernel_size), ("stride", stride)):
+            if isinstance(value, int) and (isinstance(value, bool) or value < 1):
+                raise ValueError(f"ConvLocal {name} must be positive; got {value!r}.")
+        self.out_channels = int(out_channels)
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = check_padding(padding)
+        self.w_std = check_std(w_std, "w_std", allow_none=False)
+        self.b_std = check_std(b_std, "b_std", allow_none=True)
+        self.parameterization = check_parameterization(parameterization)
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        _channels, lengths = spatial_input(repr(self), in_shape)
+        return (self.out_channels, *(w.out for w in self._windows(lengths)))
+
+    def working_entries(self, k: Kernel) -> float:
+        return self._window_working_entries(k, 1 if k.diagonal_spatial else 2)
+
+    def kernel_rule(self, k: Kernel) -> Kernel:
+        channels, lengths = spatial_input(repr(self), k.shape)
+        windows = self._windows(lengths)
+        diagonal = k.diagonal_spatial
+        summed = k.replace(
+            nngp=patch_sum(k.nngp, 2, windows, diagonal),
+            ntk=patch_sum(k.ntk, 2, windows, diagonal),
+            cov1=patch_sum(k.cov1, 1, windows, diagonal),
+            cov2=patch_sum(k.cov2, 1, windows, diagonal),
+        )
+        out = affine_kernel(
+            summed,
+            w2=self.w_std**2 / math.prod(w.size for w in windows),
+            b_std=self.b_std,
+            parameterization=self.parameterization,
+            fan_in=channels,
+            out_shape=(self.out_channels, *(w.out for w in windows)),
+            inplace=True,
+        )
+        if diagonal:
+            return out
+        n = len(windows)
+
+        def untie(t, batch_axes):
+            return None if t is None else t * _location_identity(t, batch_axes, n)
+
+        return out.replace(
+            nngp=untie(out.nngp, 2),
+            ntk=untie(out.ntk, 2),
+            cov1=untie(out.cov1, 1),
+            cov2=untie(out.cov2, 1),
+        )
+
+    def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
+        channels, lengths = spatial_input(repr(self), in_shape)
+        windows = self._windows(lengths)
+        sizes = tuple(w.size for w in windows)
+        outs = tuple(w.out for w in windows)
+        fan_in = channels * math.prod(sizes)
+        ntk = self.parameterization == "ntk"
+        mod = ConvLocalModule(
+            channels,
+            self.out_channels,
+            sizes,
+            tuple(w.stride for w in windows),
+            outs,
+            flat_pads(windows),
+            windows[0].circular,
+            self.w_std / math.sqrt(fan_in) if ntk else 1.0,
+            None if self.b_std is None else (self.b_std if ntk else 1.0),
+        )
+        w_draw = 1.0 if ntk else self.w_std / math.sqrt(fan_in)
+        mod.weight.copy_(_init.normal(tuple(mod.weight.shape), generator, w_draw))
+        if mod.bias is not None:
+            b_draw = 1.0 if ntk else self.b_std
+            mod.bias.copy_(_init.normal(tuple(mod.bias.shape), generator, b_draw))
+        return mod
+
+    def __repr__(self) -> str:
+        return (
+            f"ConvLocal({self.out_channels}, {self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding!r}, w_std={self.w_std}, b_std={self.b_std}, "
+            f"parameterization={self.parameterization!r})"
+        )
