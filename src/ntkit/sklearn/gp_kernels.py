@@ -37,7 +37,7 @@ GRADIENTS = ("auto", "autograd", "finite_difference")
 #: truncation error ``O(h^2)`` against rounding ``O(eps / h)`` (about 1e-10 relative).
 FD_STEP = float(np.finfo(np.float64).eps) ** (1.0 / 3.0)
 
-_OWN = ("spec", "param_bounds", "in_shape", "gradient", "max_memory")
+_OWN = ("spec", "param_bounds", "in_shape", "gradient", "max_memory", "progress")
 _RESERVED = frozenset(
     {*_OWN, "theta", "bounds", "hyperparameters", "n_dims", "diag", "requires_vector_input"}
 )
@@ -56,6 +56,7 @@ class _NetworkKernel(Kernel):
         in_shape: tuple[int, ...] | None = None,
         gradient: str = "auto",
         max_memory: int | None = None,
+        progress: bool | None = None,
         **hyperparameters,
     ):
         self.spec = spec
@@ -63,6 +64,7 @@ class _NetworkKernel(Kernel):
         self.in_shape = in_shape
         self.gradient = gradient
         self.max_memory = max_memory
+        self.progress = progress
         defaults, open_ended = self._declared(spec)
         unknown = sorted(set(hyperparameters) - set(defaults))
         if unknown and not open_ended:
@@ -169,7 +171,9 @@ class _NetworkKernel(Kernel):
             raise ValueError("Gradient can only be evaluated when Y is None.")
         net = self._net()
         check_readout(net, tuple(x.shape[1:]), owner=type(self).__name__)
-        k = kernel_block(net, x, y, kind=self.kind, max_memory=self.max_memory).numpy()
+        k = kernel_block(
+            net, x, y, kind=self.kind, max_memory=self.max_memory, progress=self.progress
+        ).numpy()
         if not eval_gradient:
             return k
         free = [h.name for h in self.hyperparameters if not h.fixed]
@@ -219,7 +223,9 @@ class _NetworkKernel(Kernel):
             dual = fwad.make_dual(primal, torch.tensor(value, dtype=torch.float64))
             try:
                 net = self._net({**self._values(), name: dual})
-                k = kernel_block(net, x, None, kind=self.kind, max_memory=self.max_memory)
+                k = kernel_block(
+                    net, x, None, kind=self.kind, max_memory=self.max_memory, progress=self.progress
+                )
             except (NotImplementedError, RuntimeError) as err:
                 raise _NoForwardADError(
                     f"the spec's kernel has no forward-mode derivative with respect to "
@@ -263,7 +269,11 @@ class _NetworkKernel(Kernel):
         out = []
         for sign in (1.0, -1.0):
             net = self._net({**self._values(), name: value * math.exp(sign * FD_STEP)})
-            out.append(kernel_block(net, x, None, kind=self.kind, max_memory=self.max_memory))
+            out.append(
+                kernel_block(
+                    net, x, None, kind=self.kind, max_memory=self.max_memory, progress=self.progress
+                )
+            )
         return ((out[0] - out[1]) / (2.0 * FD_STEP)).numpy()
 
     def __repr__(self) -> str:
@@ -312,6 +322,8 @@ class NTKKernel(_NetworkKernel):
             otherwise central finite differences in log space), ``"autograd"`` (raise if
             unsupported) or ``"finite_difference"``.
         max_memory: Memory budget in bytes of each kernel computation (tiled inside it).
+        progress: Progress bar over kernel tiles; ``None`` (default): only for kernels of at
+            least 2^24 entries (an optimizer's many smaller evaluations stay quiet).
         **hyperparameters: Values of the spec's hyperparameters (e.g. ``w_std=1.5``).
     """
 
