@@ -223,10 +223,13 @@ class _NetworkKernel(Kernel):
             dual = fwad.make_dual(primal, torch.tensor(value, dtype=torch.float64))
             try:
                 net = self._net({**self._values(), name: dual})
-                k = kernel_block(
-                    net, x, None, kind=self.kind, max_memory=self.max_memory, progress=self.progress
+                # net.kernel itself (not the tile assembler): the differentiable entry point
+                get = ("nngp", "ntk") if self.kind == "ntk" else "nngp"
+                k = getattr(
+                    net.kernel(x, get=get, dtype=torch.float64, max_memory=self.max_memory),
+                    self.kind,
                 )
-            except (NotImplementedError, RuntimeError) as err:
+            except (NotImplementedError, RuntimeError, TypeError, ValueError) as err:
                 raise _NoForwardADError(
                     f"the spec's kernel has no forward-mode derivative with respect to "
                     f"{name!r}: {err}"
