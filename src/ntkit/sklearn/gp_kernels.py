@@ -171,13 +171,18 @@ class _NetworkKernel(Kernel):
             raise ValueError("Gradient can only be evaluated when Y is None.")
         net = self._net()
         check_readout(net, tuple(x.shape[1:]), owner=type(self).__name__)
-        k = kernel_block(
+        if eval_gradient:
+            free = [h.name for h in self.hyperparameters if not h.fixed]
+            k, grad = self._gradient(x, free)
+            if k is not None:  # the forward-mode pass's primal is the kernel itself
+                return k, grad
+            return self._kernel(net, x, None), grad
+        return self._kernel(net, x, y)
+
+    def _kernel(self, net, x, y) -> np.ndarray:
+        return kernel_block(
             net, x, y, kind=self.kind, max_memory=self.max_memory, progress=self.progress
         ).numpy()
-        if not eval_gradient:
-            return k
-        free = [h.name for h in self.hyperparameters if not h.fixed]
-        return k, self._gradient(x, free)
 
     def diag(self, X) -> np.ndarray:
         """``k(x_i, x_i)`` ``(n,)`` in ``O(n)`` work, equal to ``np.diag(self(X))``."""
@@ -196,24 +201,30 @@ class _NetworkKernel(Kernel):
         return True
 
     # --- gradients ----------------------------------------------------------------------
-    def _gradient(self, x: torch.Tensor, names: list[str]) -> np.ndarray:
+    def _gradient(self, x: torch.Tensor, names: list[str]) -> tuple[np.ndarray | None, np.ndarray]:
+        """``(K or None, dK/dlog(theta) (n, n, len(names)))``.
+
+        Forward-mode AD returns the kernel too (the primal of its dual pass); differences
+        return ``None`` for it.
+        """
         n = x.shape[0]
-        if not names:
-            return np.empty((n, n, 0))
         if self.gradient not in GRADIENTS:
             raise ValueError(f"gradient must be one of {GRADIENTS}; got {self.gradient!r}.")
+        if not names:
+            return None, np.empty((n, n, 0))
         if self.gradient != "finite_difference":
             try:
                 for name in names:  # cheap probe on two samples before the full pass
                     self._check_forward_ad(x[:2], name)
-                return np.stack([self._forward_ad(x, name) for name in names], axis=-1)
+                passes = [self._forward_ad(x, name) for name in names]
+                return passes[0][0], np.stack([t for _, t in passes], axis=-1)
             except _NoForwardADError as err:
                 if self.gradient == "autograd":
                     raise NotImplementedError(str(err)) from err
-        return np.stack([self._finite_difference(x, name) for name in names], axis=-1)
+        return None, np.stack([self._finite_difference(x, name) for name in names], axis=-1)
 
-    def _forward_ad(self, x: torch.Tensor, name: str) -> np.ndarray:
-        """``dK/dlog(theta)`` by forward-mode automatic differentiation (one pass)."""
+    def _forward_ad(self, x: torch.Tensor, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(K, dK/dlog(theta))`` by forward-mode automatic differentiation (one pass)."""
         import torch.autograd.forward_ad as fwad
 
         value = float(getattr(self, name))
@@ -234,7 +245,7 @@ class _NetworkKernel(Kernel):
                     f"the spec's kernel has no forward-mode derivative with respect to "
                     f"{name!r}: {err}"
                 ) from err
-            tangent = fwad.unpack_dual(k).tangent
+            primal, tangent = fwad.unpack_dual(k)
         if tangent is None:
             raise _NoForwardADError(
                 f"the spec's layers do not carry a tensor-valued {name!r} through the kernel "
@@ -245,7 +256,7 @@ class _NetworkKernel(Kernel):
             raise _NoForwardADError(
                 f"forward-mode derivative with respect to {name!r} is not finite."
             )
-        return out
+        return primal.numpy().copy(), out
 
     def _check_forward_ad(self, x: torch.Tensor, name: str) -> None:
         """Forward-mode AD on a small probe, cross-checked against central differences.
@@ -256,7 +267,7 @@ class _NetworkKernel(Kernel):
         Raises:
             _NoForwardADError: unsupported, non-finite, or disagreeing with differences.
         """
-        ad = self._forward_ad(x, name)
+        ad = self._forward_ad(x, name)[1]
         fd = self._finite_difference(x, name)
         scale = float(np.abs(fd).max())
         if not np.allclose(ad, fd, rtol=1e-5, atol=1e-7 * scale):
