@@ -36,9 +36,12 @@ _EXPORTS: dict[str, str] = {
 
 #: Subpackages reachable as ``ntkit.NAME`` without an explicit import.
 _SUBMODULES: tuple[str, ...] = (
+    "analysis",
+    "attacks",
     "datasets",
     "empirical",
     "layers",
+    "parametrization",
     "predict",
     "report",
     "reproduce",
@@ -46,7 +49,18 @@ _SUBMODULES: tuple[str, ...] = (
 )
 
 if TYPE_CHECKING:
-    from ntkit import datasets, empirical, layers, predict, report, reproduce, settings
+    from ntkit import (
+        analysis,
+        attacks,
+        datasets,
+        empirical,
+        layers,
+        parametrization,
+        predict,
+        report,
+        reproduce,
+        settings,
+    )
     from ntkit.empirical import (
         empirical_ntk,
         linearize,

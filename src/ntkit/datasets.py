@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["Split", "load_digits", "one_hot", "small_world_graphs"]
+__all__ = [
+    "Split",
+    "load_array",
+    "load_digits",
+    "one_hot",
+    "small_world_graphs",
+    "split_standardized",
+]
 
 
 @dataclass(frozen=True)
@@ -63,31 +71,106 @@ def load_digits(n_train: int = 1000, n_test: int = 500, *, seed: int = 0) -> Spl
     from sklearn.datasets import load_digits as _sk_load_digits
 
     data = _sk_load_digits()
-    x = data.data.astype(np.float64)
-    labels = data.target.astype(np.int64)
+    return split_standardized(
+        data.data.astype(np.float64), data.target, n_train, n_test, seed=seed, name="digits"
+    )
+
+
+def split_standardized(
+    x: np.ndarray,
+    labels: np.ndarray,
+    n_train: int,
+    n_test: int,
+    *,
+    seed: int = 0,
+    name: str = "data",
+) -> Split:
+    """Random disjoint train/test split of ``(n, ...)`` inputs, standardized per feature.
+
+    Every feature is shifted and scaled by the training set's mean and standard deviation
+    (constant features become 0). Labels may be any values; they are mapped to
+    ``0..n_classes-1`` in sorted order.
+
+    Raises:
+        ValueError: shapes disagree, inputs are not finite, or the sizes do not fit.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    labels = np.asarray(labels)
     n = x.shape[0]
+    if x.ndim < 2 or labels.shape != (n,):
+        raise ValueError(
+            f"expected inputs (n, features...) and labels (n,); got {x.shape} and {labels.shape}."
+        )
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name}: the inputs contain NaN or Inf.")
     if n_train < 1 or n_test < 1 or n_train + n_test > n:
         raise ValueError(
             f"need 1 <= n_train, 1 <= n_test and n_train + n_test <= {n}; "
             f"got n_train={n_train}, n_test={n_test}."
         )
+    classes, index = np.unique(labels, return_inverse=True)
     order = np.random.default_rng(seed).permutation(n)
     tr, te = order[:n_train], order[n_train : n_train + n_test]
     mean = x[tr].mean(0)
     std = x[tr].std(0)
     std[std == 0] = 1.0
-    x = (x - mean) / std
-    xt = torch.from_numpy(x)
-    lt = torch.from_numpy(labels)
+    xt = torch.from_numpy((x - mean) / std)
+    lt = torch.from_numpy(index.astype(np.int64))
+    k = len(classes)
     return Split(
         x_train=xt[tr],
-        y_train=one_hot(lt[tr], 10),
+        y_train=one_hot(lt[tr], k),
         labels_train=lt[tr],
         x_test=xt[te],
-        y_test=one_hot(lt[te], 10),
+        y_test=one_hot(lt[te], k),
         labels_test=lt[te],
-        name="digits",
+        name=name,
     )
+
+
+def load_array(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and labels from a ``.npy``, ``.npz`` or ``.csv`` file.
+
+    - ``.csv`` (comma-separated, an optional header row) and ``.npy`` (a 2-D array): one
+      example per row, the label in the last column.
+    - ``.npz``: arrays ``x`` (``(n, features...)``) and ``y`` (``(n,)`` labels).
+
+    Returns:
+        ``(x, labels)``: float64 inputs ``(n, ...)`` and labels ``(n,)``.
+
+    Raises:
+        ValueError: unknown suffix, missing arrays, or a table with fewer than 2 columns.
+        FileNotFoundError: no such file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no data file {str(path)!r}")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        with np.load(path) as z:
+            if "x" not in z or "y" not in z:
+                raise ValueError(f"{path}: an .npz needs arrays 'x' and 'y'; has {sorted(z)}.")
+            return z["x"].astype(np.float64), z["y"]
+    if suffix == ".npy":
+        table = np.load(path)
+    elif suffix == ".csv":
+        with path.open() as fh:
+            first = fh.readline()
+        try:
+            [float(v) for v in first.strip().split(",")]
+            skip = 0
+        except ValueError:
+            skip = 1  # a header row
+        table = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
+    else:
+        raise ValueError(
+            f"{path}: expected a .npy, .npz or .csv file; got {suffix or 'no suffix'!r}."
+        )
+    if table.ndim != 2 or table.shape[1] < 2:
+        raise ValueError(
+            f"{path}: expected a table with features then a label column; got shape {table.shape}."
+        )
+    return table[:, :-1].astype(np.float64), table[:, -1]
 
 
 def small_world_graphs(n: int, *, nodes: int = 16, max_degree: int = 9, seed: int = 0):

@@ -63,6 +63,19 @@ class Kernel:
     pattern1: torch.Tensor | None = None
     pattern2: torch.Tensor | None = None
 
+    def get_ntk(self) -> torch.Tensor:
+        """The NTK as a tensor (``ntk`` typed without ``None``), for type-checked code.
+
+        Raises:
+            ValueError: the NTK was not computed (``net.kernel(..., get="nngp")``).
+        """
+        if self.ntk is None:
+            raise ValueError(
+                "this Kernel has no NTK: it was computed with get='nngp'; call "
+                "net.kernel(x1, x2) or net.kernel(x1, x2, get=('nngp', 'ntk'))."
+            )
+        return self.ntk
+
     def replace(self, **changes) -> Kernel:
         """Return a copy with the given fields replaced."""
         return dataclasses.replace(self, **changes)

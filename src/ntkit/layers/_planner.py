@@ -114,8 +114,24 @@ def prepare(
     get=("nngp", "ntk"),
     dtype: torch.dtype | None = None,
     max_memory: int | None = None,
+    same_batch: bool | None = None,
+    checked: bool = False,
 ) -> KernelProblem:
     """Validate the inputs and the description; probe one pair.
+
+    Args:
+        net: The layer description.
+        x1: ``(n1, *in_shape)`` inputs.
+        x2: ``(n2, *in_shape)`` inputs, or ``None`` for ``x2 = x1``.
+        get: ``"nngp"``, ``"ntk"`` or both.
+        dtype: Arithmetic dtype (float64 by default).
+        max_memory: Budget in bytes (default: a fraction of the available memory).
+        same_batch: Whether an explicit ``x2`` is the batch ``x1`` itself (its samples
+            pair with themselves on the diagonal). ``None`` (the default) decides by
+            equality, as ``net.kernel`` does; a tiler passes ``False`` for blocks of
+            different samples that happen to be equal.
+        checked: ``x1``/``x2`` are tensors already converted to ``dtype`` and validated
+            (a tiler's slices of validated inputs): skip the conversion and the NaN scan.
 
     Raises:
         ValueError: bad inputs, a network that cannot be evaluated, or a budget that cannot
@@ -130,12 +146,23 @@ def prepare(
     x2, p2 = split_graphs(x2, "x2", dtype) if x2 is not None else (None, p1)
     if (p1 is None) != (p2 is None):
         raise TypeError("x1 and x2 must both be ntkit.layers.Graphs, or neither.")
-    x1 = as_batch(x1, "x1", dtype=dtype)
     explicit_x2 = x2 is not None
-    if explicit_x2:
-        x2 = as_batch(x2, "x2", dtype=dtype, device=None)
-        check_same_features(x1, x2)
-    symmetric = (not explicit_x2) or x2 is x1 or (x2.shape == x1.shape and torch.equal(x1, x2))
+    if not checked:
+        x1 = as_batch(x1, "x1", dtype=dtype)
+        if explicit_x2:
+            x2 = as_batch(x2, "x2", dtype=dtype, device=None)
+            check_same_features(x1, x2)
+    if not explicit_x2:
+        symmetric = True
+    elif same_batch is None:
+        symmetric = x2 is x1 or (x2.shape == x1.shape and torch.equal(x1, x2))
+    else:
+        symmetric = bool(same_batch)
+        if symmetric and x2.shape != x1.shape:
+            raise ValueError(
+                f"same_batch=True needs x2 shaped like x1; got {tuple(x1.shape)} and "
+                f"{tuple(x2.shape)}."
+            )
     if symmetric and p1 is not None and p2 is not p1:
         symmetric = p2.shape == p1.shape and torch.equal(p1, p2.to(p1.device))
     x2 = x1 if symmetric else x2

@@ -24,18 +24,30 @@ class MemorySink:
     result is exactly symmetric.
     """
 
-    def __init__(self, problem: KernelProblem):
+    def __init__(self, problem: KernelProblem, *, into: dict | None = None):
+        """Allocate the outputs, or write into ``into`` (tensors or views of a larger result).
+
+        Args:
+            problem: The prepared computation.
+            into: Optional ``{"nngp", "ntk", "cov1", "cov2"}`` tensors of the result's
+                shapes (``ntk``/``cov2`` may be ``None`` when not computed).
+        """
         probe, dtype, device = problem.probe, problem.dtype, problem.device
         n1, n2 = problem.n1, problem.n2
         self.problem = problem
-        self.nngp = torch.empty((n1, n2, *probe.nngp.shape[2:]), dtype=dtype, device=device)
-        self.ntk = torch.empty_like(self.nngp) if problem.want_ntk else None
-        self.cov1 = torch.empty((n1, *probe.cov1.shape[1:]), dtype=dtype, device=device)
-        self.cov2 = (
-            None
-            if problem.symmetric
-            else torch.empty((n2, *probe.cov1.shape[1:]), dtype=dtype, device=device)
-        )
+        if into is not None:
+            self.nngp, self.ntk = into["nngp"], into.get("ntk") if problem.want_ntk else None
+            self.cov1 = into["cov1"]
+            self.cov2 = None if problem.symmetric else into["cov2"]
+        else:
+            self.nngp = torch.empty((n1, n2, *probe.nngp.shape[2:]), dtype=dtype, device=device)
+            self.ntk = torch.empty_like(self.nngp) if problem.want_ntk else None
+            self.cov1 = torch.empty((n1, *probe.cov1.shape[1:]), dtype=dtype, device=device)
+            self.cov2 = (
+                None
+                if problem.symmetric
+                else torch.empty((n2, *probe.cov1.shape[1:]), dtype=dtype, device=device)
+            )
         self._n_spatial = n_spatial(probe)
         self._diagonal = probe.diagonal_spatial
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from ntkit.kernel import Kernel
 from ntkit.layers import _init
+from ntkit.layers._params import hyperparameter, tracks_grad, value_of
 from ntkit.layers.base import Layer, Shape, require_full_layout
 from ntkit.layers.conv import spatial_input
 from ntkit.layers.dense import check_std
@@ -239,11 +240,9 @@ class GlobalSelfAttention(Layer):
         self.n_heads = int(n_heads)
         self.key_channels = int(key_channels)
         self.value_channels = int(key_channels if value_channels is None else value_channels)
-        self.qk_std = float(qk_std)
+        self.qk_std = hyperparameter(qk_std, "GlobalSelfAttention qk_std")
         self.ov_std = check_std(ov_std, "ov_std", allow_none=False)
         self.b_std = check_std(b_std, "b_std", allow_none=True)
-        if not math.isfinite(self.qk_std):
-            raise ValueError(f"qk_std must be finite; got {qk_std}.")
         self.mechanism = mechanism
 
     def out_shape(self, in_shape: Shape) -> Shape:
@@ -286,6 +285,8 @@ class GlobalSelfAttention(Layer):
                 out = left.unsqueeze(1) @ m @ right.transpose(-1, -2).unsqueeze(0)
             else:
                 out = left @ m @ right.transpose(-1, -2)
+            if tracks_grad(out, ov2, b2):
+                return out * ov2 + b2
             out.mul_(ov2)
             return out.add_(b2) if b2 else out
 
@@ -327,9 +328,9 @@ class GlobalSelfAttention(Layer):
             self.n_heads,
             self.key_channels,
             self.value_channels,
-            self.qk_std,
-            self.ov_std,
-            self.b_std,
+            value_of(self.qk_std),
+            value_of(self.ov_std),
+            None if self.b_std is None else value_of(self.b_std),
             self.mechanism,
             pos_emb=self._finite_embedding(channels, lengths),
         )
@@ -346,7 +347,8 @@ class GlobalSelfAttention(Layer):
         return (
             f"GlobalSelfAttention({self.out_channels}, n_heads={self.n_heads}, "
             f"key_channels={self.key_channels}, value_channels={self.value_channels}, "
-            f"qk_std={self.qk_std}, ov_std={self.ov_std}, b_std={self.b_std}, "
+            f"qk_std={value_of(self.qk_std)}, ov_std={value_of(self.ov_std)}, "
+            f"b_std={None if self.b_std is None else value_of(self.b_std)}, "
             f"mechanism={self.mechanism!r}"
             + (f", {self.positional!r})" if self.positional.active else ")")
         )
