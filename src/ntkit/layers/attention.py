@@ -226,6 +226,8 @@ class GlobalSelfAttention(Layer):
         self.positional = PositionalEmbedding(
             pos_emb, pos_emb_std, pos_emb_p_norm, pos_emb_decay, pos_emb_channels, value_pos_emb
         )
+        # a layer attribute, so that gradients with respect to a tensor std reach it
+        self.pos_emb_std = self.positional.std
         for name, v in (
             ("out_channels", out_channels),
             ("n_heads", n_heads),
@@ -268,7 +270,7 @@ class GlobalSelfAttention(Layer):
         def mixed(m, values=False):  # the tokens' covariance with the embedding
             if r is None or (values and not pos.values):
                 return m
-            return pos.interpolate(m, r, k.shape[0])
+            return pos.interpolate(m, r, k.shape[0], self.pos_emb_std)
 
         cov1 = _to_matrix(k.cov1, 1, n_sp, lengths)  # (n1, S, S)
         a1 = _attend(mixed(cov1) * self.qk_std, self.mechanism)
@@ -316,7 +318,7 @@ class GlobalSelfAttention(Layer):
             pos.kind,
             pos.embedding_channels(channels),
             pos.factor(lengths),
-            pos.std,
+            value_of(self.pos_emb_std),
             pos.values,
         )
 

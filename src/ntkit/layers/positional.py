@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 
 from ntkit.errors import LayerSpecError
+from ntkit.layers._params import hyperparameter, value_of
 
 __all__ = ["POS_EMB_TYPES", "PositionalEmbedding", "position_covariance"]
 
@@ -70,9 +71,8 @@ class PositionalEmbedding:
     def __init__(self, kind: str, std: float, p_norm: float, decay, channels, values: bool):
         if kind not in POS_EMB_TYPES:
             raise ValueError(f"pos_emb must be one of {POS_EMB_TYPES}; got {kind!r}.")
-        std, p_norm = float(std), float(p_norm)
-        if not math.isfinite(std) or std < 0:
-            raise ValueError(f"pos_emb_std must be a finite non-negative number; got {std}.")
+        std = hyperparameter(std, "pos_emb_std", minimum=0.0)
+        p_norm = float(p_norm)
         if not math.isfinite(p_norm) or p_norm <= 0:
             raise ValueError(f"pos_emb_p_norm must be a positive number; got {p_norm}.")
         if decay is not None and not callable(decay):
@@ -94,17 +94,19 @@ class PositionalEmbedding:
         """``C_pe``: the input's channels unless ``"concat"`` names its own."""
         return in_channels if self.channels is None else self.channels
 
-    def weights(self, in_channels: int) -> tuple[float, float]:
-        """``(iw, pw)`` of the interpolation ``iw K + pw R``."""
+    def weights(self, in_channels: int, std) -> tuple[float, float]:
+        """``(iw, pw)`` of the interpolation ``iw K + pw R`` (``std``: the embedding's std,
+        passed by the layer that owns it so that gradients reach its tensor).
+        """
         if self.kind == "sum":
-            return 1.0, self.std**2
+            return 1.0, std**2
         c_pe = self.embedding_channels(in_channels)
         total = in_channels + c_pe
-        return in_channels / total, self.std**2 * c_pe / total
+        return in_channels / total, std**2 * c_pe / total
 
-    def interpolate(self, m: torch.Tensor, r: torch.Tensor, in_channels: int) -> torch.Tensor:
+    def interpolate(self, m: torch.Tensor, r: torch.Tensor, in_channels: int, std) -> torch.Tensor:
         """``iw m + pw R`` for a matrix-form covariance ``m`` ``(..., S, S)``."""
-        iw, pw = self.weights(in_channels)
+        iw, pw = self.weights(in_channels, std)
         return m * iw + r * pw
 
     def factor(self, lengths: tuple[int, ...]) -> torch.Tensor:
@@ -127,7 +129,8 @@ class PositionalEmbedding:
     def __repr__(self) -> str:
         decay = None if self.decay is None else getattr(self.decay, "__name__", "fn")
         return (
-            f"pos_emb={self.kind!r}, pos_emb_std={self.std}, pos_emb_p_norm={self.p_norm}, "
+            f"pos_emb={self.kind!r}, pos_emb_std={value_of(self.std)}, "
+            f"pos_emb_p_norm={self.p_norm}, "
             f"pos_emb_decay={decay}, pos_emb_channels={self.channels}, "
             f"value_pos_emb={self.values}"
         )
