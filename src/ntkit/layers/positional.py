@@ -95,8 +95,10 @@ class PositionalEmbedding:
         return in_channels if self.channels is None else self.channels
 
     def weights(self, in_channels: int, std) -> tuple[float, float]:
-        """``(iw, pw)`` of the interpolation ``iw K + pw R`` (``std``: the embedding's std,
-        passed by the layer that owns it so that gradients reach its tensor).
+        """``(iw, pw)`` of the interpolation ``iw K + pw R``.
+
+        ``std`` is the embedding's std, passed by the layer that owns it so that gradients
+        reach its tensor.
         """
         if self.kind == "sum":
             return 1.0, std**2
