@@ -36,6 +36,7 @@ bench: $(STAMP)  # about 25 minutes on 2 cores; tables go to docs/benchmarks/
 	$(BIN)/python benchmarks/cnn_kernel.py
 	$(BIN)/python benchmarks/empirical_ntk.py --threads 2
 	$(BIN)/python benchmarks/predict.py --threads 2
+	$(BIN)/python benchmarks/cli_startup.py
 
 clean:
 	rm -rf $(VENV) report .pytest_cache
