@@ -36,10 +36,13 @@ _EXPORTS: dict[str, str] = {
 
 #: Subpackages reachable as ``ntkit.NAME`` without an explicit import.
 _SUBMODULES: tuple[str, ...] = (
+    "analysis",
+    "attacks",
     "datasets",
     "empirical",
     "errors",
     "layers",
+    "parametrization",
     "predict",
     "report",
     "reproduce",
@@ -49,10 +52,13 @@ _SUBMODULES: tuple[str, ...] = (
 
 if TYPE_CHECKING:
     from ntkit import (
+        analysis,
+        attacks,
         datasets,
         empirical,
         errors,
         layers,
+        parametrization,
         predict,
         report,
         reproduce,

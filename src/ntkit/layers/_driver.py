@@ -21,6 +21,7 @@ import torch
 
 from ntkit._host import retained_heap, run_parallel
 from ntkit.kernel import Kernel
+from ntkit.layers._autograd import differentiable_kernel, needs_grad
 from ntkit.layers._planner import KernelProblem, parse_get, plan_tiles, prepare, tile_ranges
 from ntkit.layers._sink import MemorySink
 from ntkit.layers._tile import kernel_tile
@@ -39,6 +40,10 @@ def compute_kernel(
     max_memory: int | None = None,
 ) -> Kernel:
     """Evaluate ``net``'s infinite-width kernel between ``x1`` and ``x2``; see ``Layer.kernel``."""
+    if needs_grad(net, x1, x2):  # autograd: tiled forward, tile-wise recomputing backward
+        return differentiable_kernel(
+            compute_kernel, net, x1, x2, get=get, dtype=dtype, max_memory=max_memory
+        )
     problem = prepare(net, x1, x2, get=get, dtype=dtype, max_memory=max_memory)
     return run_problem(net, problem)
 
@@ -61,7 +66,10 @@ def run_problem(
     x1, x2, layout = problem.x1, problem.x2, problem.layout
 
     def tile(a0, a1, j0, j1):
-        block = kernel_tile(net, x1[a0:a1], x2[j0:j1], layout, shift=a0 - j0)
+        patterns = None
+        if problem.pattern1 is not None:
+            patterns = (problem.pattern1[a0:a1], problem.pattern2[j0:j1])
+        block = kernel_tile(net, x1[a0:a1], x2[j0:j1], layout, shift=a0 - j0, patterns=patterns)
         sink.write(a0, a1, j0, j1, block)
 
     tiles = tile_ranges(problem.n1, problem.n2, plan, problem.symmetric)

@@ -27,6 +27,7 @@ from ntkit.errors import LayerSpecError
 from ntkit.kernel import Kernel
 from ntkit.layers._footprint import Footprint, recording
 from ntkit.layers._tile import TileLayout, input_covariance, input_kernel, input_variances
+from ntkit.layers.graph import split_graphs
 from ntkit.settings import default_kernel_dtype, default_max_memory, format_bytes
 
 #: Tile size (kernel entries) for the layer chain on CPU: 2 MiB float64 arrays, cache-sized.
@@ -63,6 +64,8 @@ class KernelProblem:
         footprints: Working memory per pair of every layer, from the probe run.
         itemsize: Bytes per entry.
         budget: Memory budget in bytes.
+        pattern1: Dense adjacency of ``x1``'s graphs (graph inputs), else ``None``.
+        pattern2: Likewise for ``x2`` (the same tensor as ``pattern1`` when symmetric).
     """
 
     x1: torch.Tensor
@@ -75,6 +78,8 @@ class KernelProblem:
     footprints: tuple[Footprint, ...]
     itemsize: int
     budget: int
+    pattern1: torch.Tensor | None = None
+    pattern2: torch.Tensor | None = None
 
     @property
     def n1(self) -> int:
@@ -137,6 +142,10 @@ def prepare(
     dtype = default_kernel_dtype() if dtype is None else dtype
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating dtype; got {dtype}.")
+    x1, p1 = split_graphs(x1, "x1", dtype)
+    x2, p2 = split_graphs(x2, "x2", dtype) if x2 is not None else (None, p1)
+    if (p1 is None) != (p2 is None):
+        raise TypeError("x1 and x2 must both be ntkit.layers.Graphs, or neither.")
     explicit_x2 = x2 is not None
     if not checked:
         x1 = as_batch(x1, "x1", dtype=dtype)
@@ -154,7 +163,12 @@ def prepare(
                 f"same_batch=True needs x2 shaped like x1; got {tuple(x1.shape)} and "
                 f"{tuple(x2.shape)}."
             )
+    if symmetric and p1 is not None and p2 is not p1:
+        symmetric = p2.shape == p1.shape and torch.equal(p1, p2.to(p1.device))
     x2 = x1 if symmetric else x2
+    if p1 is not None:
+        p1 = p1.to(x1.device)
+        p2 = p1 if symmetric else p2.to(x1.device)
 
     in_shape = tuple(x1.shape[1:])
     out_shape = net.out_shape(in_shape)
@@ -182,6 +196,7 @@ def prepare(
             TileLayout(in_shape, diagonal_spatial, want_ntk, False),
             x1_is_x2=False,
             shift=0,
+            patterns=None if p1 is None else (p1[:1], p2[:1]),
         )
         probe = net.apply_kernel(probe_in)
     if isinstance(probe, list):
@@ -197,6 +212,8 @@ def prepare(
         footprints=tuple(footprints),
         itemsize=itemsize,
         budget=budget,
+        pattern1=p1,
+        pattern2=p2,
     )
 
 

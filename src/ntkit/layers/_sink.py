@@ -100,4 +100,6 @@ class MemorySink:
             cov2=(self.cov1 if problem.explicit_x2 else None) if symmetric else self.cov2,
             x1_is_x2=symmetric,
             pair_shift=0,
+            pattern1=None,
+            pattern2=None,
         )

@@ -21,6 +21,13 @@ import torch
 
 from ntkit.errors import LayerSpecError
 from ntkit.kernel import Kernel
+from ntkit.layers._params import (
+    hyperparameter,
+    safe_sqrt,
+    straight_clamp,
+    tracks_grad,
+    value_of,
+)
 from ntkit.layers._spatial import pair_variances, self_variances
 from ntkit.layers.base import Layer, Shape, single_stream
 from ntkit.layers.modules import ElementwiseModule
@@ -121,6 +128,16 @@ def _sine_gap(q12, q11, q22):
     """
     # No fused multiply-add here: with q11 = q22 = q12 both products round identically and
     # the gap is exactly 0 (theta = 0), which an FMA would turn into sqrt(eps) noise.
+    if tracks_grad(q12, q11, q22):
+        # Differentiable: the gap's derivative at 0 is taken along the perfectly correlated
+        # manifold (0), and degenerate pairs get a constant angle with a finite derivative.
+        gap = safe_sqrt((q11 * q22 - q12 * q12).clamp_min(0.0))
+        degenerate = q11 * q22 == 0
+        if bool(degenerate.any()):
+            degenerate = degenerate.expand_as(gap)
+            theta = torch.atan2(gap, torch.where(degenerate, 1.0, q12))
+            return gap, theta.masked_fill(degenerate, math.pi / 2.0)
+        return gap, torch.atan2(gap, q12)
     gap = (q11 * q22).sub_(q12 * q12).clamp_min_(0.0).sqrt_()
     theta = torch.atan2(gap, q12)
     if bool((q11 == 0).any()) or bool((q22 == 0).any()):
@@ -143,12 +160,12 @@ class ABReLU(Activation):
     """
 
     def __init__(self, a: float, b: float):
-        self.a = float(a)
-        self.b = float(b)
+        self.a = hyperparameter(a, f"{type(self).__name__} a")
+        self.b = hyperparameter(b, f"{type(self).__name__} b")
 
     @property
     def odd(self) -> bool:  # a linear map
-        return self.a == self.b
+        return value_of(self.a) == value_of(self.b)
 
     def fn(self, x):
         return self.a * torch.clamp(x, max=0) + self.b * torch.clamp(x, min=0)
@@ -156,13 +173,65 @@ class ABReLU(Activation):
     def expectations(self, q12, q11, q22, need_dot):
         f = (self.a - self.b) ** 2 / _TWO_PI
         half_sq = (self.a**2 + self.b**2) / 2.0
+        if tracks_grad(q12, q11, q22, f, half_sq):
+            nngp, dot = _ArcCosine.apply(q12, q11, q22, f, half_sq)
+            return nngp, (dot if need_dot else None)
         gap, theta = _sine_gap(q12, q11, q22)
         dot = theta.mul_(-f).add_(half_sq)
         nngp = torch.addcmul(gap.mul_(f), dot, q12)
         return nngp, (dot if need_dot else None)
 
     def __repr__(self):
-        return f"ABReLU(a={self.a}, b={self.b})"
+        return f"ABReLU(a={value_of(self.a)}, b={value_of(self.b)})"
+
+
+class _ArcCosine(torch.autograd.Function):
+    """``ABReLU``'s expectations with an analytic backward (cheaper than autograd's graph).
+
+    ``nngp = f S + dot q12`` and ``dot = h - f theta`` with ``S`` the sine gap and
+    ``theta = atan2(S, q12)``. Derivatives: ``d nngp/d q12 = dot`` (Price's theorem),
+    ``d nngp/d q11 = f S / (2 q11)``, ``d dot/d q12 = f / S``,
+    ``d dot/d q11 = -f q12 / (2 q11 S)`` (and likewise for ``q22``). Where ``S = 0`` the
+    arguments are perfectly correlated and the terms in ``1/S`` are taken along that manifold
+    (0), as in :func:`_sine_gap`.
+    """
+
+    @staticmethod
+    def forward(ctx, q12, q11, q22, f, h):
+        gap, theta = _sine_gap(q12, q11, q22)
+        dot = h - f * theta
+        nngp = f * gap + dot * q12
+        ctx.save_for_backward(q12, q11, q22, gap, theta, dot)
+        ctx.f = f
+        ctx.shapes = (q12.shape, q11.shape, q22.shape)
+        ctx.tensor_params = (isinstance(f, torch.Tensor), isinstance(h, torch.Tensor))
+        return nngp, dot
+
+    @staticmethod
+    def backward(ctx, g_nngp, g_dot):
+        q12, q11, q22, gap, theta, dot = ctx.saved_tensors
+        f = ctx.f
+        if isinstance(f, torch.Tensor):
+            f = f.detach()
+        s12, s11, s22 = ctx.shapes
+        g_nngp = torch.zeros_like(dot) if g_nngp is None else g_nngp
+        g_dot = torch.zeros_like(dot) if g_dot is None else g_dot
+        positive = gap > 0
+        inv_gap = torch.where(positive, 1.0 / torch.where(positive, gap, 1.0), 0.0)
+        g12 = g_nngp * dot + g_dot * f * inv_gap
+        # f (gN S^2 - gD q12) / (2 S) / q_ii, zero where S = 0
+        common = (g_nngp * gap - g_dot * q12 * inv_gap) * (f / 2.0)
+        g11 = g22 = None
+        if ctx.needs_input_grad[1]:
+            g11 = (common / torch.where(q11 > 0, q11, 1.0)).sum_to_size(s11)
+        if ctx.needs_input_grad[2]:
+            g22 = (common / torch.where(q22 > 0, q22, 1.0)).sum_to_size(s22)
+        gf = gh = None
+        if ctx.tensor_params[0] and ctx.needs_input_grad[3]:
+            gf = (g_nngp * (gap - theta * q12) - g_dot * theta).sum()
+        if ctx.tensor_params[1] and ctx.needs_input_grad[4]:
+            gh = (g_nngp * q12 + g_dot).sum()
+        return g12.sum_to_size(s12), g11, g22, gf, gh
 
 
 class ReLU(ABReLU):
@@ -193,16 +262,16 @@ class LeakyReLU(ABReLU):
 
     def __init__(self, alpha: float = 0.01):
         super().__init__(alpha, 1.0)
-        self.alpha = float(alpha)
+        self.alpha = self.a
 
     def fn(self, x):
-        return torch.nn.functional.leaky_relu(x, self.alpha)
+        return torch.nn.functional.leaky_relu(x, value_of(self.alpha))
 
     def build_module(self, in_shape, generator):
-        return torch.nn.LeakyReLU(self.alpha)
+        return torch.nn.LeakyReLU(value_of(self.alpha))
 
     def __repr__(self):
-        return f"LeakyReLU(alpha={self.alpha})"
+        return f"LeakyReLU(alpha={value_of(self.alpha)})"
 
 
 class Abs(ABReLU):
@@ -223,11 +292,14 @@ class _ScaledShifted(Activation):
     """Activations ``a * g(b * x + ...) + ...`` with parameters ``a, b, c`` and odd ``g``."""
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
-        self.a, self.b, self.c = float(a), float(b), float(c)
+        who = type(self).__name__
+        self.a = hyperparameter(a, f"{who} a")
+        self.b = hyperparameter(b, f"{who} b")
+        self.c = hyperparameter(c, f"{who} c")
 
     @property
     def odd(self) -> bool:
-        return self.c == 0.0
+        return value_of(self.c) == 0.0
 
 
 class Erf(_ScaledShifted):
@@ -244,6 +316,11 @@ class Erf(_ScaledShifted):
         b2 = self.b**2
         s12 = q12 * b2
         prod = (1.0 + 2.0 * b2 * q11) * (1.0 + 2.0 * b2 * q22)
+        if tracks_grad(q12, q11, q22, self.a, self.b, self.c):
+            denom = (prod - 4.0 * s12 * s12).clamp_min(0.0).sqrt()
+            nngp = torch.atan2(2.0 * s12, denom) * (self.a**2 * 2.0 / math.pi) + self.c**2
+            dot = self.a**2 * b2 * (4.0 / math.pi) / denom if need_dot else None
+            return nngp, dot
         denom = torch.addcmul(prod, s12, s12, value=-4.0).clamp_min_(0.0).sqrt_()
         nngp = torch.atan2(2.0 * s12, denom).mul_(self.a**2 * 2.0 / math.pi)
         if self.c:
@@ -254,7 +331,7 @@ class Erf(_ScaledShifted):
         return nngp, dot
 
     def __repr__(self):
-        return f"Erf(a={self.a}, b={self.b}, c={self.c})"
+        return f"Erf(a={value_of(self.a)}, b={value_of(self.b)}, c={value_of(self.c)})"
 
 
 class GELU(Activation):
@@ -285,6 +362,16 @@ class GELU(Activation):
     def expectations(self, q12, q11, q22, need_dot):
         prod = q11 * q22
         p1 = (1.0 + q11) * (1.0 + q22)
+        if tracks_grad(q12, q11, q22):
+            delta2 = (p1 - q12 * q12).clamp_min(0.0)
+            delta = delta2.sqrt()
+            theta = torch.atan2(q12, delta)
+            nngp = ((q12 * q12 + prod * delta2) / (p1 * delta) + q12 * theta) / _TWO_PI + q12 / 4.0
+            dot = None
+            if need_dot:
+                dot = (1.0 / delta2 + (1.0 - prod) / p1 + 1.0) * q12 / (_TWO_PI * delta)
+                dot = dot + theta / _TWO_PI + 0.25
+            return nngp, dot
         delta2 = torch.addcmul(p1, q12, q12, value=-1.0).clamp_min_(0.0)
         delta = delta2.sqrt()
         theta = torch.atan2(q12, delta)
@@ -314,21 +401,24 @@ class Sin(_ScaledShifted):
         b2 = self.b**2
         half_sum = (q11 + q22) / 2.0
         s_minus = torch.exp(b2 * (q12 - half_sum))
-        s_plus = torch.exp(-b2 * (q12 + half_sum)) * math.cos(2.0 * self.c)
-        nngp = (s_minus - s_plus).mul_(self.a**2 / 2.0)
-        dot = (s_minus + s_plus).mul_(self.a**2 * b2 / 2.0) if need_dot else None
+        two_c = 2.0 * self.c
+        cos_2c = torch.cos(two_c) if isinstance(two_c, torch.Tensor) else math.cos(two_c)
+        s_plus = torch.exp(-b2 * (q12 + half_sum)) * cos_2c
+        nngp = (s_minus - s_plus) * (self.a**2 / 2.0)
+        dot = (s_minus + s_plus) * (self.a**2 * b2 / 2.0) if need_dot else None
         return nngp, dot
 
     def __repr__(self):
-        return f"Sin(a={self.a}, b={self.b}, c={self.c})"
+        return f"Sin(a={value_of(self.a)}, b={value_of(self.b)}, c={value_of(self.c)})"
 
 
 class Cos(Sin):
     """``phi(x) = a * cos(b * x + c)``, i.e. ``Sin(a, b, c + pi/2)``."""
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
+        c = hyperparameter(c, "Cos c")
         super().__init__(a, b, c + math.pi / 2.0)
-        self.c_cos = float(c)
+        self.c_cos = c
 
     odd = False
 
@@ -336,7 +426,7 @@ class Cos(Sin):
         return self.a * torch.cos(self.b * x + self.c_cos)
 
     def __repr__(self):
-        return f"Cos(a={self.a}, b={self.b}, c={self.c_cos})"
+        return f"Cos(a={value_of(self.a)}, b={value_of(self.b)}, c={value_of(self.c_cos)})"
 
 
 class RBF(Activation):
@@ -346,34 +436,36 @@ class RBF(Activation):
     """
 
     def __init__(self, gamma: float = 1.0):
-        self.gamma = float(gamma)
+        # gamma < 0 would give exp(+|gamma| |x1 - x2|^2), which is not positive semi-definite
+        self.gamma = hyperparameter(gamma, "RBF gamma", minimum=0.0, strict_minimum=True)
 
     def fn(self, x):
-        return math.sqrt(2.0) * torch.sin(math.sqrt(2.0 * self.gamma) * x + math.pi / 4.0)
+        return math.sqrt(2.0) * torch.sin((2.0 * self.gamma) ** 0.5 * x + math.pi / 4.0)
 
     def expectations(self, q12, q11, q22, need_dot):
         nngp = torch.exp(self.gamma * (2.0 * q12 - q11 - q22))
         return nngp, (2.0 * self.gamma * nngp if need_dot else None)
 
     def __repr__(self):
-        return f"RBF(gamma={self.gamma})"
+        return f"RBF(gamma={value_of(self.gamma)})"
 
 
 class Exp(Activation):
     """``phi(x) = a * exp(b * x)``: ``E = a^2 exp(b^2 ((q11 + q22)/2 + q12))``, ``dot = b^2 E``."""
 
     def __init__(self, a: float = 1.0, b: float = 1.0):
-        self.a, self.b = float(a), float(b)
+        self.a = hyperparameter(a, "Exp a")
+        self.b = hyperparameter(b, "Exp b")
 
     def fn(self, x):
         return self.a * torch.exp(self.b * x)
 
     def expectations(self, q12, q11, q22, need_dot):
-        nngp = torch.exp(self.b**2 * ((q11 + q22) / 2.0 + q12)).mul_(self.a**2)
+        nngp = torch.exp(self.b**2 * ((q11 + q22) / 2.0 + q12)) * self.a**2
         return nngp, (self.b**2 * nngp if need_dot else None)
 
     def __repr__(self):
-        return f"Exp(a={self.a}, b={self.b})"
+        return f"Exp(a={value_of(self.a)}, b={value_of(self.b)})"
 
 
 class Gaussian(Activation):
@@ -385,30 +477,29 @@ class Gaussian(Activation):
     """
 
     def __init__(self, a: float = 1.0, b: float = -1.0):
-        self.a, self.b = float(a), float(b)
+        self.a = hyperparameter(a, "Gaussian a")
+        self.b = hyperparameter(b, "Gaussian b")
 
     def fn(self, x):
         return self.a * torch.exp(self.b * x * x)
 
     def expectations(self, q12, q11, q22, need_dot):
         b = self.b
-        det = torch.addcmul(
-            (1.0 - 2.0 * b * q11) * (1.0 - 2.0 * b * q22), q12, q12, value=-4 * b * b
-        )
-        if b > 0 and not bool((det > 0).all()):
+        det = (1.0 - 2.0 * b * q11) * (1.0 - 2.0 * b * q22) - 4.0 * b * b * q12 * q12
+        if value_of(b) > 0 and not bool((det > 0).all()):
             raise LayerSpecError(
                 f"{self!r}: E[exp(b u^2) exp(b v^2)] is infinite for these variances "
                 "(need 2 b q < 1); lower b or the input scale."
             )
         root = det.sqrt()
-        nngp = torch.reciprocal(root).mul_(self.a**2)
+        nngp = torch.reciprocal(root) * self.a**2
         dot = None
         if need_dot:
             dot = q12 / (det * root) * (4.0 * self.a**2 * b * b)
         return nngp, dot
 
     def __repr__(self):
-        return f"Gaussian(a={self.a}, b={self.b})"
+        return f"Gaussian(a={value_of(self.a)}, b={value_of(self.b)})"
 
 
 class Sign(Activation):
@@ -425,7 +516,10 @@ class Sign(Activation):
 
     def expectations(self, q12, q11, q22, need_dot):
         _gap, theta = _sine_gap(q12, q11, q22)
-        nngp = theta.mul_(-2.0 / math.pi).add_(1.0)
+        if tracks_grad(theta):
+            nngp = 1.0 - (2.0 / math.pi) * theta
+        else:
+            nngp = theta.mul_(-2.0 / math.pi).add_(1.0)
         return nngp, (torch.zeros_like(nngp) if need_dot else None)
 
     def __repr__(self):
@@ -450,11 +544,11 @@ def _polynomial_expectation(coef: np.ndarray, q12, q11, q22):
     and uses ``E[He_a(z1) He_b(z2)] = delta_ab a! rho^a``.
     """
     degree = len(coef) - 1
-    sd1, sd2 = q11.sqrt(), q22.sqrt()
+    sd1, sd2 = safe_sqrt(q11), safe_sqrt(q22)
     norm = sd1 * sd2
     safe = torch.where(norm > 0, norm, torch.ones((), dtype=norm.dtype, device=norm.device))
     rho = torch.where(norm > 0, q12 / safe, torch.zeros((), dtype=q12.dtype, device=q12.device))
-    rho = rho.clamp(-1.0, 1.0)
+    rho = straight_clamp(rho, -1.0, 1.0)
     h = _hermite_coefficients(degree)
     out = None
     for a in range(degree, -1, -1):  # Horner in rho
@@ -577,12 +671,12 @@ class RectifiedMonomial(Activation):
     def expectations(self, q12, q11, q22, need_dot):
         n = self.degree
         prod = q11 * q22
-        norm = prod.sqrt()
+        norm = safe_sqrt(prod)
         gap, theta = _sine_gap(q12, q11, q22)
         positive = norm > 0
         safe = torch.where(positive, norm, torch.ones((), dtype=norm.dtype, device=norm.device))
-        cos = torch.where(positive, q12 / safe, torch.zeros_like(q12)).clamp_(-1.0, 1.0)
-        sin = torch.where(positive, gap / safe, torch.ones_like(gap)).clamp_(0.0, 1.0)
+        cos = straight_clamp(torch.where(positive, q12 / safe, torch.zeros_like(q12)), -1.0, 1.0)
+        sin = straight_clamp(torch.where(positive, gap / safe, torch.ones_like(gap)), 0.0, 1.0)
         nngp = _rectified_monomial_angle_part(n, cos, sin, theta) * norm**n
         dot = None
         if need_dot:
@@ -646,6 +740,10 @@ class Elementwise(Activation):
         return self._fn(x)
 
     def _derivative(self, x: torch.Tensor) -> torch.Tensor:
+        if tracks_grad(x):  # keep the graph: the kernel is being differentiated
+            y = self._fn(x)
+            (g,) = torch.autograd.grad(y.sum(), x, allow_unused=True, create_graph=True)
+            return torch.zeros_like(x) if g is None else g
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             y = self._fn(x)
@@ -664,6 +762,11 @@ class Elementwise(Activation):
             return self.nngp_fn(q12, q11, q22), None
         if self.dot_fn is not None:
             return self.nngp_fn(q12, q11, q22), self.dot_fn(q12, q11, q22)
+        if tracks_grad(q12, q11, q22):  # keep the graph: the kernel is being differentiated
+            q = q12 if q12.requires_grad else q12.detach().requires_grad_(True)
+            nngp = self.nngp_fn(q, q11, q22)
+            (dot,) = torch.autograd.grad(nngp.sum(), q, create_graph=True)
+            return nngp, dot
         with torch.enable_grad():
             q = q12.detach().requires_grad_(True)
             nngp = self.nngp_fn(q, q11, q22)
@@ -680,11 +783,11 @@ class Elementwise(Activation):
         weights = weights / weights.sum()
         dtype, device = q12.dtype, q12.device
         q12, q11, q22 = torch.broadcast_tensors(q12, q11, q22)
-        sd1 = q11.sqrt()
+        sd1 = safe_sqrt(q11)
         positive = sd1 > 0
         safe = torch.where(positive, sd1, torch.ones((), dtype=dtype, device=device))
         slope = torch.where(positive, q12 / safe, torch.zeros((), dtype=dtype, device=device))
-        resid = (q22 - slope * slope).clamp_min(0.0).sqrt()
+        resid = safe_sqrt((q22 - slope * slope).clamp_min(0.0))
         z = torch.as_tensor(nodes, dtype=dtype, device=device)
         w = torch.as_tensor(weights, dtype=dtype, device=device)
         out = torch.zeros_like(q12)
@@ -692,7 +795,7 @@ class Elementwise(Activation):
         for i in range(self.degree):
             zi = float(z[i])
             inner = phi(slope.unsqueeze(-1) * zi + second) @ w  # sum_j w_j phi(v_ij)
-            out += float(w[i]) * phi(sd1 * zi) * inner
+            out = out + float(w[i]) * phi(sd1 * zi) * inner
         return out
 
     def __repr__(self):
