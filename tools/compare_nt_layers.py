@@ -2,8 +2,9 @@
 
 Not part of the test suite (it needs a separate JAX environment with neural-tangents):
     python tools/compare_nt_layers.py --nt-python /path/to/jax-venv/bin/python
-Covers ConvTranspose, ConvLocal, SigmoidLike/Gabor/ExpNormalized, ImageResize/Index and
-Aggregate; prints the largest relative difference per family and every case above 1e-10.
+Covers ConvTranspose, ConvLocal, SigmoidLike/Gabor/ExpNormalized, ImageResize/Index,
+attention's positional embeddings and Aggregate; prints the largest relative difference
+per family and every case above 1e-10.
 """
 
 from __future__ import annotations
@@ -70,6 +71,28 @@ def ntkit_net(name: str):
         body = [L.Conv(3, 2, padding="same", w_std=1.3, b_std=0.2), L.ReLU()]
         body = [layer, *body] if first else [*body, layer]
         return L.serial(*body, L.Conv(3, 1), L.ReLU(), L.GlobalAvgPool(), L.Dense(1))
+    if kind == "posemb":
+        att = L.GlobalSelfAttention(
+            4,
+            2,
+            4,
+            qk_std=0.8,
+            ov_std=1.1,
+            b_std=0.1,
+            pos_emb=p[0],
+            pos_emb_std=0.7,
+            pos_emb_decay=None if p[1] == "none" else (lambda d: torch.exp(-d / 3)),
+            pos_emb_p_norm=1.5,
+            pos_emb_channels=5 if p[0] == "concat" else None,
+            value_pos_emb=p[2] == "True",
+        )
+        return L.serial(
+            L.Conv(3, 2, padding="same", w_std=1.3, b_std=0.2),
+            att,
+            L.ReLU(),
+            L.GlobalAvgPool(),
+            L.Dense(1),
+        )
     param = p[0]
     return L.serial(
         L.Conv(8, 1, b_std=0.1, parameterization=param),

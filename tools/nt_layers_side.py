@@ -109,6 +109,35 @@ def main():
     for name, layer in maps.items():
         for first in (True, False):
             run(f"map|{name}|{first}", spatial_map(layer, first), d["i1"], d["i2"])
+    import jax.numpy as jnp
+
+    for kind in ("SUM", "CONCAT"):
+        for decay in ("none", "exp"):
+            for val in (False, True):
+                att = stax.GlobalSelfAttention(
+                    4,
+                    4,
+                    4,
+                    2,
+                    linear_scaling=True,
+                    W_query_std=0.8,
+                    W_value_std=1.1,
+                    b_std=0.1,
+                    pos_emb_type=kind,
+                    pos_emb_p_norm=1.5,
+                    W_pos_emb_std=0.7,
+                    pos_emb_decay_fn=None if decay == "none" else (lambda d: jnp.exp(-d / 3)),
+                    val_pos_emb=val,
+                    n_chan_pos_emb=5 if kind == "CONCAT" else None,
+                )
+                net = stax.serial(
+                    stax.Conv(3, (2, 2), (1, 1), "SAME", W_std=1.3, b_std=0.2),
+                    att,
+                    stax.Relu(),
+                    stax.GlobalAvgPool(),
+                    stax.Dense(1),
+                )
+                run(f"posemb|{kind.lower()}|{decay}|{val}", net, d["i1"], d["i2"])
     for param in ("ntk", "standard"):
         run(f"graph|{param}", graph(param), d["g1"], d["g2"], pattern=(d["a1"], d["a2"]))
     np.savez(sys.argv[2], **out)

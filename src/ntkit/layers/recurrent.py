@@ -27,6 +27,7 @@ from torch import nn
 from ntkit.errors import LayerSpecError
 from ntkit.kernel import Kernel
 from ntkit.layers import _init
+from ntkit.layers._params import value_of
 from ntkit.layers._spatial import location_diagonal
 from ntkit.layers.activations import Activation, ReLU
 from ntkit.layers.base import Layer, Shape, single_stream
@@ -202,25 +203,26 @@ class Recurrent(Layer):
         channels, _ = self._sequence(in_shape)
         h = self.hidden
         ntk = self.parameterization == "ntk"
+        w_std, u_std = value_of(self.w_std), value_of(self.u_std)
+        b_std = None if self.b_std is None else value_of(self.b_std)
         scales = (
-            (self.w_std / math.sqrt(h), self.u_std / math.sqrt(channels), self.b_std)
+            (w_std / math.sqrt(h), u_std / math.sqrt(channels), b_std)
             if ntk
-            else (1.0, 1.0, None if self.b_std is None else 1.0)
+            else (1.0, 1.0, None if b_std is None else 1.0)
         )
         mod = RecurrentModule(channels, h, self.activation.fn, scales)
-        mod.weight_hh.copy_(
-            _init.normal((h, h), generator, 1.0 if ntk else self.w_std / math.sqrt(h))
-        )
+        mod.weight_hh.copy_(_init.normal((h, h), generator, 1.0 if ntk else w_std / math.sqrt(h)))
         mod.weight_ih.copy_(
-            _init.normal((h, channels), generator, 1.0 if ntk else self.u_std / math.sqrt(channels))
+            _init.normal((h, channels), generator, 1.0 if ntk else u_std / math.sqrt(channels))
         )
         if mod.bias is not None:
-            mod.bias.copy_(_init.normal((h,), generator, 1.0 if ntk else self.b_std))
+            mod.bias.copy_(_init.normal((h,), generator, 1.0 if ntk else b_std))
         return mod
 
     def __repr__(self) -> str:
         return (
-            f"Recurrent({self.hidden}, {self.activation!r}, w_std={self.w_std}, "
-            f"u_std={self.u_std}, b_std={self.b_std}, "
+            f"Recurrent({self.hidden}, {self.activation!r}, w_std={value_of(self.w_std)}, "
+            f"u_std={value_of(self.u_std)}, "
+            f"b_std={None if self.b_std is None else value_of(self.b_std)}, "
             f"parameterization={self.parameterization!r})"
         )
