@@ -38,6 +38,7 @@ bench: $(STAMP)  # about 25 minutes on 2 cores; tables go to docs/benchmarks/
 	$(BIN)/python benchmarks/predict.py --threads 2
 	$(BIN)/python benchmarks/analysis.py --threads 2 --write
 	$(BIN)/python benchmarks/sklearn_gp.py --threads 1
+	$(BIN)/python benchmarks/cli_startup.py
 
 clean:
 	rm -rf $(VENV) report .pytest_cache

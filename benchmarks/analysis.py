@@ -131,8 +131,8 @@ def main() -> None:
         case = run_case(setup, f"sharp({method!r})", repeats=2)
         rows.append((f"sharpness, {method}", n, case["seconds"], case["peak_bytes"]))
     lines = [
-        f"Machine: {machine()} (busy shared machine: 8 developers' jobs; ratios were "
-        "measured in the same process and are the meaningful numbers).",
+        f"Machine: {machine()} (busy shared machine: 8 developers' jobs; each case ran alone "
+        "in a subprocess of one session; the ratios are the meaningful numbers).",
         "",
         "**Sharpness** (MLP 784-1024-256-10, 1.07M parameters, 512 samples, float32, "
         "cross-entropy, `tol=1e-4`):",

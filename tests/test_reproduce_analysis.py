@@ -46,3 +46,48 @@ def test_full_analysis_reproductions(tmp_path):
     for block in ("Re-Re", "Re-Im", "Im-Re", "Im-Im"):
         assert -0.8 < c[f"slope of {block} block error vs width"] < -0.25, block
     assert c["seed-mean Re-Im block vs limit, relative to ||limit Re-Im||, width 1024"] < 0.4
+    a = reproduce("adversarial-features", tmp_path)
+    for eps in (0.1, 0.3):
+        assert a[f"Spearman correlation of robust accuracy with eigen-index, eps {eps}"] < -0.6
+    p = reproduce("polynomial", tmp_path)
+    assert p["extrapolation error, t^2, NTK of polynomial, degree 2"] < 1e-8
+    assert (
+        p["extrapolation error, t^2, trained ReLU, product of 3"]
+        < p["extrapolation error, t^2, trained ReLU MLP"]
+    )
+
+
+def test_polynomial_extrapolation_quick(tmp_path):
+    # Exact facts, no sampling: the NTK of Dense -> product of k Dense branches on [t, 1] is
+    # a degree-k polynomial kernel, so ridgeless regression on 16 points reproduces any
+    # degree-<=k target everywhere (rounding only: 1e-8). The trained degree-2 net is itself
+    # a quadratic in t and converges to the same interpolant (1e-6 allows an unconverged
+    # tail of gradient descent). ReLU networks extrapolate linearly (Xu et al. 2021): their
+    # error on t^2 outside [-1, 1] is about 0.5 (0.3 leaves margin); products of ReLU
+    # branches grow like |t|^k and must order ReLU > product of 2 > product of 3.
+    r = reproduce("polynomial", tmp_path, quick=True)
+    pre = "extrapolation error, "
+    assert r[pre + "t^2, NTK of polynomial, degree 2"] < 1e-8
+    assert r[pre + "t^3 - t, NTK of polynomial, degree 3"] < 1e-8
+    assert r[pre + "t^2, trained polynomial, degree 2"] < 1e-6
+    assert r[pre + "t^2, NTK of ReLU MLP"] > 0.3
+    assert r[pre + "t^2, trained ReLU MLP"] > 0.3
+    for target in ("t^2", "t^3 - t"):
+        relu = r[pre + f"{target}, NTK of ReLU MLP"]
+        p2 = r[pre + f"{target}, NTK of ReLU, product of 2"]
+        p3 = r[pre + f"{target}, NTK of ReLU, product of 3"]
+        assert relu > p2 > p3, target
+
+
+def test_adversarial_features_quick(tmp_path):
+    # Deterministic (analytic kernel, one FGSM step). Tsilivis & Kempe: robust accuracy of
+    # single eigen-features falls with the eigen-index. Measured Spearman correlations over
+    # 11 features are -0.88 (eps 0.1) and -0.95 (eps 0.3); -0.6 is far from 0 (no trend:
+    # |rho| > 0.6 has p < 0.05 for 11 points) while allowing a few swapped neighbours. The
+    # top features (1-4) keep >= 0.48 robust accuracy, those beyond 21 keep <= 0.17.
+    r = reproduce("adversarial-features", tmp_path, quick=True)
+    for eps in (0.1, 0.3):
+        assert r[f"Spearman correlation of robust accuracy with eigen-index, eps {eps}"] < -0.6
+        top = r[f"mean robust accuracy, features 1-4, eps {eps}"]
+        assert top > r[f"mean robust accuracy, features >= 22, eps {eps}"] + 0.2
+    assert r["full predictor clean accuracy"] > 0.9

@@ -259,13 +259,15 @@ def reproduce(
 
     curves: Wang, Buchanan, Gilboa & Wright 2021, deep NTKs localize; two curves.
 
-    polynomial: Wu et al. 2022, NTK spectra with Hadamard-product layers.
+    polynomial: Wu et al. 2022, NTK spectra with Hadamard products; polynomial extrapolation.
 
     sample-then-optimize: Dai et al. 2022, posterior samples by training; Thompson sampling.
 
     label-aware: Chen, He & Su 2020, label-aware NTKs (HR, NTH) and local elasticity.
 
     complex: Tan et al. 2022, block NTKs of complex networks and their infinite-width limit.
+
+    adversarial-features: Tsilivis & Kempe 2022, robustness of the NTK's eigen-features.
 
     super-consistency: Noci et al. 2024, sharpness trajectories under muP and NTK parameterization.
 

@@ -289,3 +289,17 @@ def test_many_seeds_resolve_a_small_bias():
     )
     rms = math.sqrt(float(((kernels - ref) ** 2).sum((1, 2)).mean()) / float(ref.norm() ** 2))
     assert _rel(kernels.mean(0), ref) < 3 * rms / math.sqrt(seeds) < 0.03
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["cnn", "attention"])
+def test_cuda_features_equal_cpu_features(name):
+    model, x, _ = make(name)
+    want = nk.ntk_features(model, x, dim=64, mode="full", seed=1, progress=False)
+    model = model.cuda()
+    got = nk.ntk_features(model, x.cuda(), dim=64, mode="full", seed=1, progress=False)
+    assert got.device.type == "cuda"
+    assert _rel(got.cpu(), want) < 1e-10  # same hashes: drawn on the CPU, then moved
+    with pytest.raises(ValueError, match="x is on cpu but the model's parameters are on cuda"):
+        nk.ntk_features(model, x, dim=64)

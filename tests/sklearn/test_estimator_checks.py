@@ -24,11 +24,12 @@ def _expected_failures(estimator):
         )
     if isinstance(estimator, NTKClassifier) and estimator.ridge == 0:
         failures["check_sample_weight_equivalence_on_dense_data"] = (
-            "ridgeless interpolation: repeated samples make the kernel singular, and the "
-            "pseudo-inverse solve agrees with the weighted one to ~2e-7 relative (the "
-            "kernel's condition number times eps), not the check's rtol=1e-7; with a "
-            "ridge the check passes (second classifier here; tests/sklearn/test_estimators.py "
-            "checks weights against repeats at 1e-10)"
+            "ridgeless interpolation of repeated samples: the kernel between two copies of "
+            "one input has the angle arccos(rounded 1) ~ sqrt(eps) = 1.5e-8 instead of 0, and "
+            "without a ridge that entry-level error is amplified to ~2e-7 relative in the "
+            "predictions, above the check's rtol=1e-7; with a ridge the check passes (the "
+            "second classifier here; tests/sklearn/test_estimators.py compares weights and "
+            "repeats at 1e-7)"
         )
     return failures
 

@@ -217,3 +217,11 @@ def test_bad_input():
         NTKRegressor(activation="swish").fit(x, y)
     with pytest.raises(ValueError, match="1 class"):
         NTKClassifier().fit(x, np.zeros(10))
+
+
+def test_progress_bar_on_request(capsys):
+    x, y = _data(20, 3)
+    NTKRegressor(progress=True).fit(x, y)
+    assert "kernel tiles" in capsys.readouterr().out
+    NTKRegressor().fit(x, y)  # small kernels stay quiet by default
+    assert "kernel tiles" not in capsys.readouterr().out

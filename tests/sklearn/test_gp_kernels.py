@@ -249,10 +249,37 @@ def test_gradient_strategy_guards(monkeypatch):
     monkeypatch.setattr(
         gp_kernels._NetworkKernel,
         "_forward_ad",
-        lambda self, xx, name: 0.5 * self._finite_difference(xx, name),
+        lambda self, xx, name: (
+            self._kernel(self._net(), xx, None),
+            0.5 * self._finite_difference(xx, name),
+        ),
     )
     np.testing.assert_allclose(k(x, eval_gradient=True)[1], ref, atol=1e-8 * np.abs(ref).max())
     with pytest.raises(NotImplementedError, match="disagrees"):
         NTKKernel(depth=1, w_std=1.3, b_std=0.4, gradient="autograd")(x, eval_gradient=True)
     with pytest.raises(ValueError, match="gradient must be"):
         NTKKernel(gradient="exact")(x, eval_gradient=True)
+
+
+def test_forward_mode_pass_supplies_kernel_and_gradient(monkeypatch):
+    # where forward-mode AD reaches through the kernel, its primal is the kernel and its
+    # tangents the gradient (here a stand-in pass built from the independent reference)
+    from ntkit.sklearn import gp_kernels
+
+    x = _data(6, 3, seed=9)
+    ref_k = relu_mlp(x, x, 1, 1.3, 0.4, symmetric=True)[1].real
+    ref_g = relu_mlp_log_gradient(x, 1, 1.3, 0.4, kind="ntk")
+    calls = []
+
+    def fake(self, xx, name):
+        calls.append((len(xx), name))
+        xs = xx.numpy()
+        g = relu_mlp_log_gradient(xs, 1, self.w_std, self.b_std, kind="ntk")
+        k = relu_mlp(xs, xs, 1, self.w_std, self.b_std, symmetric=True)[1].real
+        return k, g[..., ["w_std", "b_std"].index(name)]
+
+    monkeypatch.setattr(gp_kernels._NetworkKernel, "_forward_ad", fake)
+    kk, grad = NTKKernel(depth=1, w_std=1.3, b_std=0.4, gradient="autograd")(x, eval_gradient=True)
+    np.testing.assert_allclose(kk, ref_k, rtol=1e-12)
+    np.testing.assert_allclose(grad, ref_g, rtol=1e-12)
+    assert calls == [(2, "w_std"), (2, "b_std"), (6, "w_std"), (6, "b_std")]  # probe, then full

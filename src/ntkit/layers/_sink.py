@@ -30,12 +30,20 @@ class MemorySink:
         Args:
             problem: The prepared computation.
             into: Optional ``{"nngp", "ntk", "cov1", "cov2"}`` tensors of the result's
-                shapes (``ntk``/``cov2`` may be ``None`` when not computed).
+                shapes (``ntk``/``cov2`` may be ``None`` when not computed), and optionally
+                ``"mirror_nngp"``/``"mirror_ntk"``: ``(n2, n1, ...)`` views where each block
+                is also written transposed (an off-diagonal tile of a symmetric matrix).
         """
         probe, dtype, device = problem.probe, problem.dtype, problem.device
         n1, n2 = problem.n1, problem.n2
         self.problem = problem
-        if into is not None:
+        into = {} if into is None else into
+        self._mirrors = [
+            (name, into[f"mirror_{name}"])
+            for name in ("nngp", "ntk")
+            if into.get(f"mirror_{name}") is not None and not problem.symmetric
+        ]
+        if into:
             self.nngp, self.ntk = into["nngp"], into.get("ntk") if problem.want_ntk else None
             self.cov1 = into["cov1"]
             self.cov2 = None if problem.symmetric else into["cov2"]
@@ -70,6 +78,8 @@ class MemorySink:
                     square.copy_((square + self._transpose(square)) / 2)
         elif a0 == 0:
             self.cov2[j0:j1] = block.cov2
+        for name, dst in self._mirrors:
+            dst[j0:j1, a0:a1] = self._transpose(getattr(block, name))
 
     def _pairs(self, block: Kernel):
         yield block.nngp, self.nngp

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ntkit.reproduce import (
+    adversarial_features,
     complex_ntk,
     curves,
     label_aware,
@@ -34,6 +35,7 @@ EXPERIMENTS = {
         ntk_evolution_adversarial,
         label_aware,
         complex_ntk,
+        adversarial_features,
     )
 }
 

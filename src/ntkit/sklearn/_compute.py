@@ -15,6 +15,11 @@ DIAGONAL_CHUNK = 128
 
 KINDS = ("ntk", "nngp")
 
+#: Kernels with at least this many entries show a progress bar unless ``progress=False``
+#: (about 4000 x 4000: seconds of work on a CPU; smaller ones, as in a grid search or a GP
+#: optimizer's many evaluations, stay silent unless ``progress=True``).
+PROGRESS_ENTRIES = 2**24
+
 
 def kernel_block(
     net: Layer,
@@ -23,14 +28,40 @@ def kernel_block(
     *,
     kind: str,
     max_memory: int | None,
+    progress: bool | None = None,
 ) -> torch.Tensor:
     """``kind`` kernel of ``net`` between two batches, ``(n1, n2)`` float64.
 
-    Computed by ``net.kernel`` (the planned, tiled driver: tiles stay inside ``max_memory``,
-    ``x2=None`` computes the upper triangle once and is exactly symmetric).
+    Computed by :func:`ntkit.tiling.kernel_matrix` (planned tiles inside ``max_memory``;
+    ``x2=None`` computes the tiles on and above the diagonal once and is exactly symmetric).
+
+    Args:
+        net: The network description (ending in a readout).
+        x1: ``(n1, *in_shape)`` inputs.
+        x2: ``(n2, *in_shape)`` inputs, or ``None`` for ``x2 = x1``.
+        kind: ``"ntk"`` or ``"nngp"``.
+        max_memory: Memory budget in bytes (``None``: the default budget).
+        progress: Show a progress bar; ``None``: only for kernels of at least
+            :data:`PROGRESS_ENTRIES` entries (several seconds of work).
+
+    Returns:
+        The ``(n1, n2)`` float64 kernel.
     """
+    from ntkit.tiling import kernel_matrix
+
     get = ("nngp", "ntk") if kind == "ntk" else "nngp"
-    k = net.kernel(x1, x2, get=get, dtype=torch.float64, max_memory=max_memory)
+    n2 = x1.shape[0] if x2 is None else x2.shape[0]
+    if progress is None:
+        progress = x1.shape[0] * n2 >= PROGRESS_ENTRIES
+    k = kernel_matrix(
+        net,
+        x1,
+        x2,
+        get=get,
+        dtype=torch.float64,
+        max_memory=max_memory,
+        progress=bool(progress),
+    )
     return getattr(k, kind)
 
 
@@ -49,7 +80,9 @@ def kernel_diagonal(
         k = net.kernel(x, x[:1], get="nngp", dtype=torch.float64, max_memory=max_memory)
         return k.cov1.reshape(x.shape[0])
     parts = [
-        kernel_block(net, x[i : i + DIAGONAL_CHUNK], None, kind=kind, max_memory=max_memory)
+        kernel_block(
+            net, x[i : i + DIAGONAL_CHUNK], None, kind=kind, max_memory=max_memory, progress=False
+        )
         .diagonal()
         .clone()
         for i in range(0, x.shape[0], DIAGONAL_CHUNK)

@@ -70,6 +70,7 @@ class _NTKBase(BaseEstimator):
         learning_rate: float = 1.0,
         solver: str = "auto",
         max_memory: int | None = None,
+        progress: bool | None = None,
     ):
         self.spec = spec
         self.kernel = kernel
@@ -85,6 +86,7 @@ class _NTKBase(BaseEstimator):
         self.learning_rate = learning_rate
         self.solver = solver
         self.max_memory = max_memory
+        self.progress = progress
 
     # --- parameters ---------------------------------------------------------------------
     def _hyperparameters(self) -> dict:
@@ -152,7 +154,9 @@ class _NTKBase(BaseEstimator):
             self._alpha = s[:, None] * res.solution
             self.n_iter_ = int(res.iterations)
             return
-        k = kernel_block(net, x, None, kind=self.kernel, max_memory=self.max_memory)
+        k = kernel_block(
+            net, x, None, kind=self.kernel, max_memory=self.max_memory, progress=self.progress
+        )
         self._k_train = k
         kw = s[:, None] * k * s[None, :]
         if self._finite_t:
@@ -185,7 +189,14 @@ class _NTKBase(BaseEstimator):
             return self._k_train
         if self._cache.get("key") != key:
             x = rows_to_batch(X, self.in_shape)
-            k = kernel_block(self.net_, x, self._x, kind=self.kernel, max_memory=self.max_memory)
+            k = kernel_block(
+                self.net_,
+                x,
+                self._x,
+                kind=self.kernel,
+                max_memory=self.max_memory,
+                progress=self.progress,
+            )
             self._cache.update(key=key, k=k)  # one test kernel kept; "eigh" stays
         return self._cache["k"]
 
@@ -260,6 +271,8 @@ class NTKRegressor(RegressorMixin, _NTKBase):
             entries exceed ``max_memory`` (default: half the available memory) and
             ``t=None``, then CG.
         max_memory: Memory budget in bytes for each kernel computation (tiles inside it).
+        progress: Progress bar over kernel tiles; ``None`` (default): only for kernels of at
+            least 2^24 entries (seconds of work), so grid searches stay quiet.
 
     Attributes:
         net_: The :class:`ntkit.layers.Layer` the kernel was computed from.

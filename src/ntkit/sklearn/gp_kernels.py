@@ -37,7 +37,7 @@ GRADIENTS = ("auto", "autograd", "finite_difference")
 #: truncation error ``O(h^2)`` against rounding ``O(eps / h)`` (about 1e-10 relative).
 FD_STEP = float(np.finfo(np.float64).eps) ** (1.0 / 3.0)
 
-_OWN = ("spec", "param_bounds", "in_shape", "gradient", "max_memory")
+_OWN = ("spec", "param_bounds", "in_shape", "gradient", "max_memory", "progress")
 _RESERVED = frozenset(
     {*_OWN, "theta", "bounds", "hyperparameters", "n_dims", "diag", "requires_vector_input"}
 )
@@ -56,6 +56,7 @@ class _NetworkKernel(Kernel):
         in_shape: tuple[int, ...] | None = None,
         gradient: str = "auto",
         max_memory: int | None = None,
+        progress: bool | None = None,
         **hyperparameters,
     ):
         self.spec = spec
@@ -63,6 +64,7 @@ class _NetworkKernel(Kernel):
         self.in_shape = in_shape
         self.gradient = gradient
         self.max_memory = max_memory
+        self.progress = progress
         defaults, open_ended = self._declared(spec)
         unknown = sorted(set(hyperparameters) - set(defaults))
         if unknown and not open_ended:
@@ -169,11 +171,18 @@ class _NetworkKernel(Kernel):
             raise ValueError("Gradient can only be evaluated when Y is None.")
         net = self._net()
         check_readout(net, tuple(x.shape[1:]), owner=type(self).__name__)
-        k = kernel_block(net, x, y, kind=self.kind, max_memory=self.max_memory).numpy()
-        if not eval_gradient:
-            return k
-        free = [h.name for h in self.hyperparameters if not h.fixed]
-        return k, self._gradient(x, free)
+        if eval_gradient:
+            free = [h.name for h in self.hyperparameters if not h.fixed]
+            k, grad = self._gradient(x, free)
+            if k is not None:  # the forward-mode pass's primal is the kernel itself
+                return k, grad
+            return self._kernel(net, x, None), grad
+        return self._kernel(net, x, y)
+
+    def _kernel(self, net, x, y) -> np.ndarray:
+        return kernel_block(
+            net, x, y, kind=self.kind, max_memory=self.max_memory, progress=self.progress
+        ).numpy()
 
     def diag(self, X) -> np.ndarray:
         """``k(x_i, x_i)`` ``(n,)`` in ``O(n)`` work, equal to ``np.diag(self(X))``."""
@@ -192,24 +201,30 @@ class _NetworkKernel(Kernel):
         return True
 
     # --- gradients ----------------------------------------------------------------------
-    def _gradient(self, x: torch.Tensor, names: list[str]) -> np.ndarray:
+    def _gradient(self, x: torch.Tensor, names: list[str]) -> tuple[np.ndarray | None, np.ndarray]:
+        """``(K or None, dK/dlog(theta) (n, n, len(names)))``.
+
+        Forward-mode AD returns the kernel too (the primal of its dual pass); differences
+        return ``None`` for it.
+        """
         n = x.shape[0]
-        if not names:
-            return np.empty((n, n, 0))
         if self.gradient not in GRADIENTS:
             raise ValueError(f"gradient must be one of {GRADIENTS}; got {self.gradient!r}.")
+        if not names:
+            return None, np.empty((n, n, 0))
         if self.gradient != "finite_difference":
             try:
                 for name in names:  # cheap probe on two samples before the full pass
                     self._check_forward_ad(x[:2], name)
-                return np.stack([self._forward_ad(x, name) for name in names], axis=-1)
+                passes = [self._forward_ad(x, name) for name in names]
+                return passes[0][0], np.stack([t for _, t in passes], axis=-1)
             except _NoForwardADError as err:
                 if self.gradient == "autograd":
                     raise NotImplementedError(str(err)) from err
-        return np.stack([self._finite_difference(x, name) for name in names], axis=-1)
+        return None, np.stack([self._finite_difference(x, name) for name in names], axis=-1)
 
-    def _forward_ad(self, x: torch.Tensor, name: str) -> np.ndarray:
-        """``dK/dlog(theta)`` by forward-mode automatic differentiation (one pass)."""
+    def _forward_ad(self, x: torch.Tensor, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(K, dK/dlog(theta))`` by forward-mode automatic differentiation (one pass)."""
         import torch.autograd.forward_ad as fwad
 
         value = float(getattr(self, name))
@@ -219,13 +234,18 @@ class _NetworkKernel(Kernel):
             dual = fwad.make_dual(primal, torch.tensor(value, dtype=torch.float64))
             try:
                 net = self._net({**self._values(), name: dual})
-                k = kernel_block(net, x, None, kind=self.kind, max_memory=self.max_memory)
-            except (NotImplementedError, RuntimeError) as err:
+                # net.kernel itself (not the tile assembler): the differentiable entry point
+                get = ("nngp", "ntk") if self.kind == "ntk" else "nngp"
+                k = getattr(
+                    net.kernel(x, get=get, dtype=torch.float64, max_memory=self.max_memory),
+                    self.kind,
+                )
+            except (NotImplementedError, RuntimeError, TypeError, ValueError) as err:
                 raise _NoForwardADError(
                     f"the spec's kernel has no forward-mode derivative with respect to "
                     f"{name!r}: {err}"
                 ) from err
-            tangent = fwad.unpack_dual(k).tangent
+            primal, tangent = fwad.unpack_dual(k)
         if tangent is None:
             raise _NoForwardADError(
                 f"the spec's layers do not carry a tensor-valued {name!r} through the kernel "
@@ -236,7 +256,7 @@ class _NetworkKernel(Kernel):
             raise _NoForwardADError(
                 f"forward-mode derivative with respect to {name!r} is not finite."
             )
-        return out
+        return primal.numpy().copy(), out
 
     def _check_forward_ad(self, x: torch.Tensor, name: str) -> None:
         """Forward-mode AD on a small probe, cross-checked against central differences.
@@ -247,7 +267,7 @@ class _NetworkKernel(Kernel):
         Raises:
             _NoForwardADError: unsupported, non-finite, or disagreeing with differences.
         """
-        ad = self._forward_ad(x, name)
+        ad = self._forward_ad(x, name)[1]
         fd = self._finite_difference(x, name)
         scale = float(np.abs(fd).max())
         if not np.allclose(ad, fd, rtol=1e-5, atol=1e-7 * scale):
@@ -263,7 +283,11 @@ class _NetworkKernel(Kernel):
         out = []
         for sign in (1.0, -1.0):
             net = self._net({**self._values(), name: value * math.exp(sign * FD_STEP)})
-            out.append(kernel_block(net, x, None, kind=self.kind, max_memory=self.max_memory))
+            out.append(
+                kernel_block(
+                    net, x, None, kind=self.kind, max_memory=self.max_memory, progress=self.progress
+                )
+            )
         return ((out[0] - out[1]) / (2.0 * FD_STEP)).numpy()
 
     def __repr__(self) -> str:
@@ -312,6 +336,8 @@ class NTKKernel(_NetworkKernel):
             otherwise central finite differences in log space), ``"autograd"`` (raise if
             unsupported) or ``"finite_difference"``.
         max_memory: Memory budget in bytes of each kernel computation (tiled inside it).
+        progress: Progress bar over kernel tiles; ``None`` (default): only for kernels of at
+            least 2^24 entries (an optimizer's many smaller evaluations stay quiet).
         **hyperparameters: Values of the spec's hyperparameters (e.g. ``w_std=1.5``).
     """
 

@@ -67,21 +67,14 @@ def run_tile(tile_fn, x1, x2, grid, spec, bi, bj, store_path=None, store_id=None
     return bi, bj, None
 
 
-_open_stores: dict = {}
-
-
 def _open_store(path: str, store_id: str):
-    """The store at ``path``, opened once per process (keyed by the store's identity)."""
+    """The store at ``path`` for writing (opened per task: a few milliseconds, no cache)."""
     from ntkit.tiling._store import KernelStore
 
-    key = (path, store_id)
-    if key not in _open_stores:
-        store = KernelStore.open(path, mode="r+")
-        if store.meta.get("store_id") != store_id:
-            raise ValueError(f"the kernel store at {path!r} was replaced during the run.")
-        _open_stores.clear()  # one store at a time per worker process
-        _open_stores[key] = store
-    return _open_stores[key]
+    store = KernelStore.open(path, mode="r+")
+    if store.meta.get("store_id") != store_id:
+        raise ValueError(f"the kernel store at {path!r} was replaced during the run.")
+    return store
 
 
 # ----------------------------------------------------------------------------- in process

@@ -47,21 +47,15 @@ class MemoryResult:
         a0, a1, j0, j1 = self.grid.ranges(bi, bj)
         out = {name: self.arrays[name][a0:a1, j0:j1] for name in self.spec.names}
         out["cov1"] = self.arrays["cov1"][a0:a1]
+        if self.grid.symmetric and bi != bj:  # the mirror, written by the tile's threads
+            for name in self.spec.names:
+                out[f"mirror_{name}"] = self.arrays[name][j0:j1, a0:a1]
         if "cov2" in self.arrays:
             out["cov2"] = self.arrays["cov2"][j0:j1]
         else:  # a symmetric result keeps no cov2: off-diagonal tiles write theirs to scratch
             cov1 = self.arrays["cov1"]
             out["cov2"] = cov1.new_empty((j1 - j0, *cov1.shape[1:]))
         return out
-
-    def mirror_tile(self, bi: int, bj: int) -> None:
-        """Copy an off-diagonal tile written in place to its mirror (symmetric grids)."""
-        if not self.grid.symmetric or bi == bj:
-            return
-        a0, a1, j0, j1 = self.grid.ranges(bi, bj)
-        for name in self.spec.names:
-            t = self.arrays[name]
-            t[j0:j1, a0:a1] = self.spec.mirror(t[a0:a1, j0:j1])
 
     def place_region(self, name: str, index, data) -> None:
         """Copy an already placed region (read back from a store)."""

@@ -233,7 +233,6 @@ def _compute(
                         cols = prep.x1 if prep.x2 is None else prep.x2
                         into = memory.views(bi, bj)
                         prep.tile_fn(prep.x1[a0:a1], cols[j0:j1], diagonal=diagonal, into=into)
-                        memory.mirror_tile(bi, bj)
                         return bi, bj, None
                     if kstore is None:
                         return run_tile(prep.tile_fn, prep.x1, prep.x2, grid, prep.spec, bi, bj)
