@@ -124,3 +124,29 @@ def test_bad_input():
     model = strided.module((2, 5))
     with L.mask_context(mask), pytest.raises(ValueError, match="shape-preserving"):
         model(x.float())
+
+
+def test_tiling_package_refuses_masked_and_graph_inputs():
+    """ntkit.tiling's tiles take plain tensors: side information would be lost, so refuse."""
+    from ntkit.tiling import kernel_matrix
+
+    x = randn((3, 2, 5), 0)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    with pytest.raises(TypeError, match="does not take ntkit.layers.Masked or Graphs"):
+        kernel_matrix(L.serial(_net(), L.Dense(1)), L.Masked(x, mask))
+    gnn = L.serial(L.Conv(3, 1), L.Aggregate(), L.GlobalSumPool(), L.Dense(1))
+    with pytest.raises(TypeError, match="does not take ntkit.layers.Masked or Graphs"):
+        kernel_matrix(gnn, L.Graphs(x, torch.eye(5).expand(3, 5, 5)))
+
+
+def test_feature_gradients_work_and_parameter_gradients_refuse_clearly():
+    from tests.layers.test_gradients import gradcheck
+
+    x = randn((2, 2, 4), 0).requires_grad_(True)
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    net = L.serial(_net(3), L.Dense(1))
+    assert gradcheck(lambda a: (net.kernel(L.Masked(a, mask)).ntk,), (x,))
+    w = torch.tensor(1.2, dtype=torch.float64, requires_grad=True)
+    tensor_net = L.serial(L.Conv(3, 1, w_std=w), L.GlobalSelfAttention(3), L.GlobalAvgPool())
+    with pytest.raises(TypeError, match="not available for ntkit.layers.Graphs or Masked"):
+        tensor_net.kernel(L.Masked(x.detach(), mask))
