@@ -69,7 +69,12 @@ def run_problem(
         patterns = None
         if problem.pattern1 is not None:
             patterns = (problem.pattern1[a0:a1], problem.pattern2[j0:j1])
-        block = kernel_tile(net, x1[a0:a1], x2[j0:j1], layout, shift=a0 - j0, patterns=patterns)
+        masks = None
+        if problem.mask1 is not None:
+            masks = (problem.mask1[a0:a1], problem.mask2[j0:j1])
+        block = kernel_tile(
+            net, x1[a0:a1], x2[j0:j1], layout, shift=a0 - j0, patterns=patterns, masks=masks
+        )
         sink.write(a0, a1, j0, j1, block)
 
     tiles = tile_ranges(problem.n1, problem.n2, plan, problem.symmetric)
