@@ -21,6 +21,7 @@ import torch
 
 from ntkit.errors import LayerSpecError
 from ntkit.kernel import Kernel
+from ntkit.layers import _gauss
 from ntkit.layers._params import (
     hyperparameter,
     safe_sqrt,
@@ -694,21 +695,39 @@ class RectifiedMonomial(Activation):
 
 # ----------------------------------------------------------------------------- any function
 class Elementwise(Activation):
-    """Any elementwise nonlinearity, by formula or by Gauss-Hermite quadrature.
+    """Any elementwise nonlinearity, by formula or by Gaussian quadrature to a tolerance.
 
     - With ``nngp_fn(q12, q11, q22) -> E[phi(u) phi(v)]`` the kernel uses it; ``dot_fn`` with
       the same signature gives ``E[phi' phi']`` and defaults to ``d nngp_fn / d q12`` by
       autograd (Price's theorem).
-    - Otherwise ``fn`` must be a torch-expressible elementwise function; both expectations
-      are computed by 2-D Gauss-Hermite quadrature with ``degree`` nodes per axis, the
-      derivative ``phi'`` by autograd. Quadrature converges fast for smooth ``phi`` and
-      slowly for kinks (prefer the closed-form classes there).
+    - Otherwise ``fn`` must be a torch-expressible elementwise function, and both
+      expectations (``phi' `` by autograd) are computed to the relative tolerance ``rtol``:
+      ``|error| <= rtol * sqrt(E[phi(u)^2] E[phi(v)^2])`` for every pre-activation variance in
+      ``[1e-6, 1e6]`` and every correlation in ``[-1, 1]`` (outside that variance range, or
+      where the tolerance cannot be reached, the kernel raises ``ValueError``).
+
+    Method (:mod:`ntkit.layers._gauss`): Mehler's expansion
+    ``E[phi(u) phi(v)] = sum_k c_k(s1) c_k(s2) rho^k`` in the correlation, with the Hermite
+    coefficients ``c_k(s) = E[phi(s z) He_k(z)] / sqrt(k!)`` tabulated once per layer over
+    ``log10 s`` (piecewise Chebyshev interpolation, checked against direct quadrature) and
+    the series cut where its Cauchy-Schwarz tail bound ``|rho|^(K+1) t_K(s1) t_K(s2)`` (``t_K``
+    the coefficients' remaining energy) is below ``rtol / 2``; pairs whose bound stays above
+    it (correlations near +-1) are integrated directly (1-D at ``|rho| = 1``, nested 2-D
+    otherwise). Every integral is a composite Gauss-Legendre rule whose panels resolve the
+    Gaussian (1/4 standard deviation) and ``phi`` (1/4 on ``[-8, 8]``, and at the
+    ``breakpoints``), computed with 8 and 12 nodes per panel; their difference must stay
+    below the tolerance, otherwise the kernel raises. ``phi`` is assumed to vary on a scale of
+    about 1 or more, with kinks or jumps only at integers in ``[-8, 8]`` or at ``breakpoints``
+    (hardtanh, ReLU6, SELU, step: nothing to declare).
 
     Args:
         fn: The nonlinearity (needed for the finite network and for quadrature).
         nngp_fn: Optional closed form of ``E[phi(u) phi(v)]``.
         dot_fn: Optional closed form of ``E[phi'(u) phi'(v)]``.
-        degree: Quadrature nodes per axis (default 32).
+        rtol: Relative tolerance of the quadrature (default ``1e-8``).
+        breakpoints: Points where ``fn`` or its derivative jumps, if not integers in [-8, 8].
+        degree: Legacy fixed 2-D Gauss-Hermite rule with this many nodes per axis instead
+            (fast, exact for polynomials of degree < 2 degree; no accuracy guarantee).
         odd: Declare ``fn`` odd (lets zero-mean branches stay zero-mean for fan-in rules).
     """
 
@@ -718,7 +737,9 @@ class Elementwise(Activation):
         nngp_fn: Callable | None = None,
         dot_fn: Callable | None = None,
         *,
-        degree: int = 32,
+        rtol: float = 1e-8,
+        breakpoints: Sequence[float] = (),
+        degree: int | None = None,
         odd: bool = False,
     ):
         if fn is None and nngp_fn is None:
@@ -728,11 +749,18 @@ class Elementwise(Activation):
         self._fn = fn
         self.nngp_fn = nngp_fn
         self.dot_fn = dot_fn
-        self.degree = _check_degree(degree, "Elementwise")
-        if self.degree < 1:
+        self.rtol = float(hyperparameter(rtol, "Elementwise rtol", minimum=1e-13, maximum=0.1))
+        self.breakpoints = tuple(
+            float(hyperparameter(b, "Elementwise breakpoints")) for b in breakpoints
+        )
+        self.degree = None if degree is None else _check_degree(degree, "Elementwise")
+        if self.degree is not None and self.degree < 1:
             raise ValueError("Elementwise degree must be at least 1.")
         self.odd = bool(odd)
-        self.memory_factor = 4.0 + 2.0 * self.degree
+        if self.degree is not None:
+            self.memory_factor = 4.0 + 2.0 * self.degree
+        else:
+            self.memory_factor = 24.0
 
     def fn(self, x):
         if self._fn is None:
@@ -742,19 +770,35 @@ class Elementwise(Activation):
     def _derivative(self, x: torch.Tensor) -> torch.Tensor:
         if tracks_grad(x):  # keep the graph: the kernel is being differentiated
             y = self._fn(x)
+            if not y.requires_grad:  # piecewise constant (a step): zero almost everywhere
+                return torch.zeros_like(x)
             (g,) = torch.autograd.grad(y.sum(), x, allow_unused=True, create_graph=True)
             return torch.zeros_like(x) if g is None else g
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             y = self._fn(x)
+            if not y.requires_grad:
+                return torch.zeros_like(x)
             (g,) = torch.autograd.grad(y.sum(), x, allow_unused=True)
         return torch.zeros_like(x) if g is None else g.detach()
 
     def expectations(self, q12, q11, q22, need_dot):
         if self.nngp_fn is not None:
             return self._closed_form(q12, q11, q22, need_dot)
-        nngp = self._quadrature(self._fn, q12, q11, q22)
-        dot = self._quadrature(self._derivative, q12, q11, q22) if need_dot else None
+        if self.degree is not None:
+            nngp = self._quadrature(self._fn, q12, q11, q22)
+            dot = self._quadrature(self._derivative, q12, q11, q22) if need_dot else None
+            return nngp, dot
+        name = repr(self)
+        tol = self.rtol / 10.0
+        table = _gauss.table_for(self, "_fn_table", self._fn, self.breakpoints, tol, name)
+        nngp = _gauss.expectation(table, table, q12, q11, q22, self.rtol, name)
+        dot = None
+        if need_dot:
+            dtable = _gauss.table_for(
+                self, "_dot_table", self._derivative, self.breakpoints, tol, name
+            )
+            dot = _gauss.expectation(dtable, dtable, q12, q11, q22, self.rtol, name)
         return nngp, dot
 
     def _closed_form(self, q12, q11, q22, need_dot):
