@@ -89,10 +89,7 @@ def main() -> None:
         if "baseline" in name:
             baseline = res["seconds"]
         ratio = res["seconds"] / baseline if baseline and "table" not in name else float("nan")
-        row = (
-            f"| {name} | {res['seconds']:.3f} | {ratio:.2f} | "
-            f"{res['peak_bytes'] / 2**30:.2f} |"
-        )
+        row = f"| {name} | {res['seconds']:.3f} | {ratio:.2f} | {res['peak_bytes'] / 2**30:.2f} |"
         print(row, flush=True)
         lines.append(row)
     if args.write:

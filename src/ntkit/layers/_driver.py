@@ -22,6 +22,7 @@ import torch
 from ntkit._host import retained_heap, run_parallel
 from ntkit.kernel import Kernel
 from ntkit.layers._autograd import differentiable_kernel, needs_grad
+from ntkit.layers._finite import check_finite_kernel, check_input_scale
 from ntkit.layers._planner import parse_get, plan_tiles, prepare, tile_ranges
 from ntkit.layers._sink import MemorySink
 from ntkit.layers._tile import kernel_tile
@@ -45,6 +46,9 @@ def compute_kernel(
             compute_kernel, net, x1, x2, get=get, dtype=dtype, max_memory=max_memory
         )
     problem = prepare(net, x1, x2, get=get, dtype=dtype, max_memory=max_memory)
+    check_input_scale(problem.x1, "x1")
+    if not problem.symmetric:
+        check_input_scale(problem.x2, "x2")
     plan = plan_tiles(problem, workers=default_workers(problem.device))
     sink = MemorySink(problem)
     x1, x2, layout = problem.x1, problem.x2, problem.layout
@@ -61,7 +65,9 @@ def compute_kernel(
                 tile(*t)
         else:
             run_parallel(tile, tiles, workers)
-    return sink.result()
+    result = sink.result()
+    check_finite_kernel(net, result, problem.x1, problem.x2, problem.layout)
+    return result
 
 
 def default_workers(device: torch.device) -> int:

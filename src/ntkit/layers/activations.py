@@ -129,6 +129,16 @@ def _sine_gap(q12, q11, q22):
     """
     # No fused multiply-add here: with q11 = q22 = q12 both products round identically and
     # the gap is exactly 0 (theta = 0), which an FMA would turn into sqrt(eps) noise.
+    if _product_out_of_range(q11, q22):
+        # q11 q22 would underflow or overflow (inputs scaled by 1e-100 or 1e100): the same
+        # formula on the pair's values divided by their larger variance, times it
+        m = torch.maximum(q11, q22)
+        m = torch.where(m > 0, m, torch.ones_like(m))
+        a, b, c = q11 / m, q22 / m, q12 / m
+        gap = safe_sqrt((a * b - c * c).clamp_min(0.0)) * m
+        theta = torch.atan2(gap, q12)
+        degenerate = ((q11 == 0) | (q22 == 0)).expand_as(theta)
+        return gap, theta.masked_fill(degenerate, math.pi / 2.0)
     if tracks_grad(q12, q11, q22):
         # Differentiable: the gap's derivative at 0 is taken along the perfectly correlated
         # manifold (0), and degenerate pairs get a constant angle with a finite derivative.
@@ -145,6 +155,17 @@ def _sine_gap(q12, q11, q22):
         degenerate = (q11 * q22 == 0).expand_as(theta)
         theta = theta.masked_fill_(degenerate, math.pi / 2.0)
     return gap, theta
+
+
+def _product_out_of_range(q11, q22) -> bool:
+    """Whether ``q11 * q22`` underflows or overflows for some pair (nonzero variances)."""
+    info = torch.finfo(q11.dtype)
+    q11, q22 = q11.detach(), q22.detach()
+    lo = float(torch.where(q11 > 0, q11, math.inf).min()) * float(
+        torch.where(q22 > 0, q22, math.inf).min()
+    )
+    hi = float(q11.max()) * float(q22.max())
+    return (lo < info.tiny * 2**60 and lo != math.inf) or hi > info.max / 2**60
 
 
 # ----------------------------------------------------------------------------- ReLU family
@@ -315,20 +336,49 @@ class Erf(_ScaledShifted):
 
     def expectations(self, q12, q11, q22, need_dot):
         b2 = self.b**2
-        s12 = q12 * b2
-        prod = (1.0 + 2.0 * b2 * q11) * (1.0 + 2.0 * b2 * q22)
+        scale = 2.0 * value_of(b2) * max(float(q11.detach().max()), float(q22.detach().max()))
+        if scale * scale > torch.finfo(q12.dtype).max / 2**60:
+            return self._scaled_expectations(q12, q11, q22, need_dot)
+        # D^2 = (1 + 2 b^2 q11)(1 + 2 b^2 q22) - 4 b^4 q12^2, written as
+        # 1 + 2 b^2 (q11 + q22) + 4 b^4 (q11 q22 - q12^2): no cancellation of the large terms
+        # at large variances, and exactly 1 + 4 b^2 q on the diagonal (q11 = q22 = q12 = q)
         if tracks_grad(q12, q11, q22, self.a, self.b, self.c):
-            denom = (prod - 4.0 * s12 * s12).clamp_min(0.0).sqrt()
-            nngp = torch.atan2(2.0 * s12, denom) * (self.a**2 * 2.0 / math.pi) + self.c**2
+            gap = (q11 * q22 - q12 * q12).clamp_min(0.0)
+            denom = (1.0 + 2.0 * b2 * (q11 + q22) + 4.0 * b2 * b2 * gap).sqrt()
+            nngp = torch.atan2(2.0 * b2 * q12, denom) * (self.a**2 * 2.0 / math.pi) + self.c**2
             dot = self.a**2 * b2 * (4.0 / math.pi) / denom if need_dot else None
             return nngp, dot
-        denom = torch.addcmul(prod, s12, s12, value=-4.0).clamp_min_(0.0).sqrt_()
-        nngp = torch.atan2(2.0 * s12, denom).mul_(self.a**2 * 2.0 / math.pi)
+        gap = (q11 * q22).sub_(q12 * q12).clamp_min_(0.0).mul_(4.0 * b2 * b2)
+        denom = gap.add_(q11 + q22, alpha=2.0 * value_of(b2)).add_(1.0).sqrt_()
+        if isinstance(b2, torch.Tensor):  # alpha must be a number; redo with the tensor
+            denom = (
+                1.0
+                + 2.0 * b2 * (q11 + q22)
+                + 4.0 * b2 * b2 * (q11 * q22 - q12 * q12).clamp_min(0.0)
+            ).sqrt()
+        nngp = torch.atan2(q12 * (2.0 * b2), denom).mul_(self.a**2 * 2.0 / math.pi)
         if self.c:
             nngp.add_(self.c**2)
         dot = None
         if need_dot:
             dot = torch.reciprocal(denom).mul_(self.a**2 * b2 * 4.0 / math.pi)
+        return nngp, dot
+
+    def _scaled_expectations(self, q12, q11, q22, need_dot):
+        """The same at variances so large that ``(2 b^2 q)^2`` overflows: divided by it.
+
+        Variances of ``1e154`` and more give the sign function's kernel in the limit (not 0).
+        """
+        b2 = self.b**2
+        m = torch.maximum(q11, q22)
+        m = torch.where(m > 0, m, torch.ones_like(m))
+        u = 1.0 / (2.0 * b2 * m)
+        x1, x2, x12 = q11 / m, q22 / m, q12 / m
+        inner = (u * u + u * (x1 + x2) + (x1 * x2 - x12 * x12).clamp_min(0.0)).sqrt()
+        nngp = torch.atan2(x12, inner) * (self.a**2 * 2.0 / math.pi) + self.c**2
+        dot = None
+        if need_dot:
+            dot = (self.a**2 * b2 * (4.0 / math.pi)) / (inner * (2.0 * b2 * m))
         return nngp, dot
 
     def __repr__(self):
@@ -671,8 +721,7 @@ class RectifiedMonomial(Activation):
 
     def expectations(self, q12, q11, q22, need_dot):
         n = self.degree
-        prod = q11 * q22
-        norm = safe_sqrt(prod)
+        norm = safe_sqrt(q11) * safe_sqrt(q22)  # no underflow of q11 q22 at tiny scales
         gap, theta = _sine_gap(q12, q11, q22)
         positive = norm > 0
         safe = torch.where(positive, norm, torch.ones((), dtype=norm.dtype, device=norm.device))
