@@ -48,6 +48,20 @@ def options_checked(option: str | None = None) -> Iterator[None]:
         raise usage_error(str(err), option) from err
 
 
+def writable_folder(out: Path, option: str = "--out") -> Path:
+    """Check (and create) the output folder before any work; a usage error names ``option``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise usage_error(f"{str(out)!r} exists and is not a folder.", option)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise usage_error(f"cannot create folder {str(out)!r}: {err.strerror}.", option) from err
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise usage_error(f"folder {str(out)!r} is not writable.", option)
+    return out
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -162,7 +176,7 @@ def report(
     ridge_relative: Annotated[
         float, typer.Option(help="Ridge as a multiple of mean diag(K).")
     ] = 0.0,
-    seed: Annotated[int, typer.Option(help="Seed of the split and of finite networks.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the split and of finite networks.")] = 0,
 ) -> None:
     """Kernels of a default MLP on scikit-learn's bundled digits, and what they predict.
 
@@ -174,6 +188,7 @@ def report(
 
     from ntkit.report import ReportConfig, run_report
 
+    writable_folder(out)
     with options_checked():
         config = ReportConfig(
             n_train=n_train,
@@ -197,7 +212,7 @@ def reproduce(
     name: Annotated[str, typer.Argument(help="An experiment listed above.")],
     out: Annotated[Path, typer.Option(help="Folder for NAME.html.")] = Path("report"),
     quick: Annotated[bool, typer.Option(help="Fewer widths and seeds (seconds).")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of data split and networks.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of data split and networks.")] = 0,
 ) -> None:
     """Reproduce a seed paper's claim at small scale and write OUT/NAME.html.
 
@@ -220,6 +235,7 @@ def reproduce(
 
     if name not in EXPERIMENTS:
         raise usage_error(f"unknown experiment {name!r}; known: {sorted(EXPERIMENTS)}.", "NAME")
+    writable_folder(out)
     results = run_experiment(name, out, quick=quick, seed=seed)
     Console().print(_results_table(f"ntkit reproduce {name}", results))
     Console().print(f"written to {Path(out) / (name + '.html')}")

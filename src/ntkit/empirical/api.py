@@ -62,8 +62,9 @@ def check_forward(fm, x1, x2=None) -> None:
 
     Names the argument if its forward pass fails, and refuses a model whose output for one
     sample depends on the rest of the batch. The empirical NTK is defined per sample
-    (``J(x_i)`` depends on ``x_i`` only); a model that normalizes across the batch (``x - x.mean(0)``, train-mode BatchNorm) or draws
-    randomness (train-mode dropout) has no such kernel, and would silently get one.
+    (``J(x_i)`` depends on ``x_i`` only); a model that normalizes across the batch
+    (``x - x.mean(0)``, train-mode BatchNorm) or draws randomness (train-mode dropout) has
+    no such kernel, and would silently get one.
 
     Raises:
         ValueError: the forward pass fails on ``x1`` or ``x2`` (naming it, its shape and
