@@ -224,10 +224,36 @@ class _ArcCosine(torch.autograd.Function):
         dot = h - f * theta
         nngp = f * gap + dot * q12
         ctx.save_for_backward(q12, q11, q22, gap, theta, dot)
+        ctx.save_for_forward(q12, q11, q22, gap, theta, dot)
         ctx.f = f
         ctx.shapes = (q12.shape, q11.shape, q22.shape)
         ctx.tensor_params = (isinstance(f, torch.Tensor), isinstance(h, torch.Tensor))
         return nngp, dot
+
+    @staticmethod
+    def jvp(ctx, t12, t11, t22, tf, th):
+        """Forward mode (dual tensors): the partial derivatives above times the tangents."""
+        q12, q11, q22, gap, theta, dot = ctx.saved_tensors
+        f = ctx.f.detach() if isinstance(ctx.f, torch.Tensor) else ctx.f
+        positive = gap > 0
+        inv_gap = torch.where(positive, 1.0 / torch.where(positive, gap, 1.0), 0.0)
+        d_nngp = torch.zeros_like(dot)
+        d_dot = torch.zeros_like(dot)
+        if t12 is not None:
+            d_nngp = d_nngp + dot * t12
+            d_dot = d_dot + f * inv_gap * t12
+        for t, q in ((t11, q11), (t22, q22)):
+            if t is not None:
+                inv_q = 1.0 / torch.where(q > 0, q, 1.0)
+                d_nngp = d_nngp + (f / 2.0) * gap * inv_q * t
+                d_dot = d_dot - (f / 2.0) * q12 * inv_gap * inv_q * t
+        if isinstance(tf, torch.Tensor):
+            d_nngp = d_nngp + (gap - theta * q12) * tf
+            d_dot = d_dot - theta * tf
+        if isinstance(th, torch.Tensor):
+            d_nngp = d_nngp + q12 * th
+            d_dot = d_dot + th
+        return d_nngp, d_dot
 
     @staticmethod
     def backward(ctx, g_nngp, g_dot):
