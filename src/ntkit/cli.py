@@ -58,6 +58,20 @@ def options_checked(option: str | None = None, *, fields: Iterable[str] = ()) ->
         raise usage_error(message, option) from err
 
 
+def writable_folder(out: Path, option: str = "--out") -> Path:
+    """Check (and create) the output folder before any work; a usage error names ``option``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise usage_error(f"{str(out)!r} exists and is not a folder.", option)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise usage_error(f"cannot create folder {str(out)!r}: {err.strerror}.", option) from err
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise usage_error(f"folder {str(out)!r} is not writable.", option)
+    return out
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -210,7 +224,7 @@ def report(
             "(default 1000; 300 with --quick)."
         ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the split and of finite networks.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the split and of finite networks.")] = 0,
     quick: Annotated[
         bool, typer.Option(help="Smaller sizes everywhere (about 20 s on 2 cores).")
     ] = False,
@@ -229,6 +243,7 @@ def report(
 
     from ntkit.report import ReportConfig, ReportContext, run_report
 
+    writable_folder(out)
     given = dict(n_train=n_train, n_test=n_test, max_steps=max_steps)
     options: dict[str, Any] = dict(
         depth=depth,
@@ -257,7 +272,7 @@ def reproduce(
     name: Annotated[str, typer.Argument(help="An experiment listed above.")],
     out: Annotated[Path, typer.Option(help="Folder for NAME.html.")] = Path("report"),
     quick: Annotated[bool, typer.Option(help="Fewer widths and seeds (seconds).")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of data split and networks.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of data split and networks.")] = 0,
 ) -> None:
     """Reproduce a seed paper's claim at small scale and write OUT/NAME.html.
 
@@ -290,6 +305,7 @@ def reproduce(
 
     if name not in EXPERIMENTS:
         raise usage_error(f"unknown experiment {name!r}; known: {sorted(EXPERIMENTS)}.", "NAME")
+    writable_folder(out)
     results = run_experiment(name, out, quick=quick, seed=seed)
     Console().print(_results_table(f"ntkit reproduce {name}", results))
     Console().print(f"written to {Path(out) / (name + '.html')}")
