@@ -102,6 +102,12 @@ def _prepare_on_host(fn, x1, x2, *, get, dtype, max_memory) -> _Prepared:
             dtype=dtype,
             max_memory=max_memory,
         )
+        if problem.mask1 is not None or problem.pattern1 is not None:
+            raise TypeError(
+                "ntkit.tiling does not take ntkit.layers.Masked or Graphs inputs yet (their "
+                "masks or adjacency would not reach the tiles); use net.kernel(...), which "
+                "tiles them in memory."
+            )
         spec = _kernel_spec(problem.probe, names)
         tile_fn = LayerTiles(net, names, problem.dtype, None)
         x2_ = None if problem.symmetric else problem.x2
