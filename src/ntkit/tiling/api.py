@@ -90,9 +90,16 @@ def _prepare(fn, x1, x2, *, get, dtype, max_memory, device=None) -> _Prepared:
 
 def _prepare_on_host(fn, x1, x2, *, get, dtype, max_memory) -> _Prepared:
     if is_layer_kernel(fn):
+        from ntkit.layers._autograd import needs_grad
         from ntkit.layers._planner import prepare
 
         net = fn if not hasattr(fn, "__self__") else fn.__self__
+        if needs_grad(net, x1, x2):
+            raise ValueError(
+                "kernel_matrix returns kernels without gradients, but these inputs or the "
+                "network's hyperparameters require grad; use net.kernel(x1, x2) for a "
+                "differentiable kernel, or call kernel_matrix under torch.no_grad()."
+            )
         names = _as_names(("nngp", "ntk") if get is None else get, ("nngp", "ntk"), "a layer")
         problem = prepare(
             net,
