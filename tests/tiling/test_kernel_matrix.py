@@ -147,3 +147,22 @@ def test_inputs_that_are_not_tiled_yet_are_refused():
     conv = L.serial(L.Conv(3, 3, padding="same"), L.ReLU(), L.GlobalAvgPool(), L.Dense(1))
     with pytest.raises(TypeError, match="Masked"):
         kernel_matrix(conv, masked, progress=False)
+
+
+def test_kernel_valued_functions():
+    """fn returning an ntkit.Kernel: NNGP and NTK tiled together, or the NNGP alone."""
+    net = L.serial(_mlp(), L.Dense(1))
+    x, x2 = inputs(15, 5, seed=3), inputs(8, 5, seed=4)
+
+    def fn(a, b):
+        return net.kernel(a, b)
+
+    for args in ((x,), (x, x2)):
+        want = net.kernel(*args)
+        got = kernel_matrix(fn, *args, tile=4, progress=False)
+        _close(got.nngp, want.nngp)
+        _close(got.ntk, want.ntk)
+        _close(got.cov1, want.cov1)
+    only = kernel_matrix(fn, x, get="nngp", tile=4, progress=False)
+    assert only.ntk is None
+    _close(only.nngp, net.kernel(x).nngp)
