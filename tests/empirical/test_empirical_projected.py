@@ -246,6 +246,10 @@ def test_float32_features_match_float64():
     f32 = nk.ntk_features(model.float(), x.float(), dim=32, seed=2)
     assert f32.dtype == torch.float32
     assert _rel(f32.double(), f64) < 1e-5
+    # bfloat16 (FFTs in float32): unit roundoff 2^-8 = 0.4% per stored value
+    fb = nk.ntk_features(model.to(torch.bfloat16), x.to(torch.bfloat16), dim=32, seed=2)
+    assert fb.dtype == torch.bfloat16
+    assert _rel(fb.double(), f64) < 3e-2
 
 
 def test_bad_input_is_refused_with_what_was_expected():
