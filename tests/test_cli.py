@@ -117,7 +117,16 @@ def test_lazy_public_names_match_the_type_checking_imports():
 
 def test_report_command_writes_html_and_beats_a_linear_baseline(capsys, tmp_path):
     code, out, err = _run(
-        capsys, "report", "--out", str(tmp_path), "--n-train", "300", "--n-test", "200"
+        capsys,
+        "report",
+        "--out",
+        str(tmp_path),
+        "--n-train",
+        "300",
+        "--n-test",
+        "200",
+        "--quick",
+        "--no-progress",
     )
     assert code == 0, err
     html = (tmp_path / "report.html").read_text()

@@ -1,8 +1,8 @@
-"""The Jacot et al. reproduction: scaling exponents against the theory's width^-1/2."""
+"""The reproductions: their claims against theory, and their pages."""
 
 import pytest
 
-from ntkit.reproduce import reproduce
+from ntkit.reproduce import EXPERIMENTS, reproduce
 
 
 def test_ntk_convergence_quick_scaling(tmp_path):
@@ -100,7 +100,7 @@ def test_sample_then_optimize_draws_exact_posterior_samples():
     data = load_digits(40, 20, seed=0)
     y = (data.labels_train == 0).double()[:, None] - 0.1
     model = mlp_spec(32, 1).module((64,), seed=0, dtype=torch.float64)
-    res, _ = _moments(model, data.x_train, y, data.x_test, 100, seed=1)
+    res, _, _ = _moments(model, data.x_train, y, data.x_test, 100, seed=1)
     assert res["largest |trained sample - Matheron sample| / max |sample|"] < 1e-6
     assert res["largest |z| of the sample mean (posterior sd / sqrt(S) units)"] < 4.5
     expected = res["covariance relative error expected from S draws"]
@@ -131,3 +131,11 @@ def test_polynomial_spectra_and_funk_hecke_against_a_gram_matrix(tmp_path):
     res = reproduce("polynomial", tmp_path, quick=True)
     assert res["smallest gain mu_l/mu_0 (degree 3 over degree 1), l = 1..30"] > 1.0
     assert -3.3 < res["decay exponent of mu_l, degree 1 (even l >= 8)"] < -2.7
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_every_reproduction_page_has_a_plot_and_a_table(tmp_path, name):
+    reproduce(name, tmp_path, quick=True)
+    page = (tmp_path / f"{name}.html").read_text()
+    assert "<img src='data:image/png;base64," in page and "<table>" in page

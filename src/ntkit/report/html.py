@@ -13,7 +13,10 @@ body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; 
 h1 { font-size: 1.6rem; } h2 { font-size: 1.2rem; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; margin: .5rem 0; }
 td, th { border: 1px solid #ccc; padding: .25rem .6rem; text-align: right; }
-th { background: #f3f3f3; } figure { margin: 1rem 0; } figcaption { font-size: .9rem; }
+td:first-child { text-align: left; }
+th { background: #f3f3f3; } figure { margin: 1rem 0; }
+figcaption { font-size: .9rem; max-width: 50rem; }
+img { max-width: 100%; height: auto; }
 """
 
 
@@ -38,7 +41,9 @@ def render_html(title: str, sections: list[Section]) -> str:
             data = base64.b64encode(fig.png).decode("ascii")
             parts.append(
                 f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(fig.caption)}'>"
-                f"<figcaption>{html.escape(fig.caption)}</figcaption></figure>"
+                f"<figcaption><b>{html.escape(fig.caption)}</b>"
+                + (f" {html.escape(fig.reading)}" if fig.reading else "")
+                + "</figcaption></figure>"
             )
     parts.append("</body></html>")
     return "\n".join(parts)

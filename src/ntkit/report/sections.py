@@ -23,10 +23,11 @@ __all__ = ["DEFAULT_SECTIONS", "Figure", "Section"]
 
 @dataclass
 class Figure:
-    """A PNG figure with its caption."""
+    """A PNG figure with its caption and a short reading of what it shows."""
 
     caption: str
     png: bytes
+    reading: str = ""
 
 
 @dataclass
@@ -38,6 +39,13 @@ class Section:
     table_header: list[str] = field(default_factory=list)
     table_rows: list[list[str]] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
+
+
+def present(value: torch.Tensor | None, what: str) -> torch.Tensor:
+    """``value``, which a computation was asked for; raise if it came back ``None``."""
+    if value is None:
+        raise RuntimeError(f"{what} was requested but not computed")
+    return value
 
 
 def figure_png(fig) -> bytes:
@@ -96,30 +104,6 @@ def regression_section(ctx: ReportContext) -> Section:
     )
 
 
-def spectrum_section(ctx: ReportContext) -> Section:
-    """Eigenvalue spectra of the training NNGP and NTK."""
-    k = ctx.kernel("train_train")
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    rows = []
-    for name in ("nngp", "ntk"):
-        evals = torch.linalg.eigvalsh(getattr(k, name)).flip(0).clamp_min(1e-300)
-        ax.loglog(torch.arange(1, evals.numel() + 1), evals, label=name.upper())
-        cond = float(evals[0] / evals[-1])
-        rows.append(
-            [name.upper(), f"{float(evals[0]):.4g}", f"{float(evals[-1]):.4g}", f"{cond:.3g}"]
-        )
-    ax.set_xlabel("index")
-    ax.set_ylabel("eigenvalue")
-    ax.legend()
-    ax.set_title("Spectrum of the training kernel")
-    return Section(
-        title="Kernel spectra",
-        table_header=["kernel", "largest eigenvalue", "smallest eigenvalue", "condition number"],
-        table_rows=rows,
-        figures=[Figure("Eigenvalues of the training kernels, largest first.", figure_png(fig))],
-    )
-
-
 def timing_section(ctx: ReportContext) -> Section:
     """Wall time of every step."""
     return Section(
@@ -129,13 +113,43 @@ def timing_section(ctx: ReportContext) -> Section:
     )
 
 
+def provenance_section(ctx: ReportContext) -> Section:
+    """How the report was made: versions, command line, device, date, seed, total time."""
+    import datetime
+    import time
+
+    from ntkit.environment import describe_environment
+
+    env = describe_environment()
+    cfg = ctx.config
+    rows = [
+        ["command", ctx.command or "(called from Python)"],
+        ["date (UTC)", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")],
+        ["seed", str(cfg.seed)],
+        ["data", ctx.data.name],
+        ["network", str(cfg.spec) if cfg.spec else "default MLP"],
+        ["device of the data", str(ctx.device)],
+        ["total time (s)", f"{time.perf_counter() - ctx.started:.1f}"],
+    ]
+    rows += [[k, v] for k, v in env.items()]
+    return Section(title="Provenance", table_header=["item", "value"], table_rows=rows)
+
+
+from ntkit.report.kernels import (  # noqa: E402
+    kernel_matrices_section,
+    spectrum_section,
+    width_convergence_section,
+)
 from ntkit.report.training import gp_section, training_curve_section  # noqa: E402
 
 DEFAULT_SECTIONS: list[Callable[[ReportContext], Section]] = [
     data_section,
+    kernel_matrices_section,
+    spectrum_section,
     regression_section,
     gp_section,
     training_curve_section,
-    spectrum_section,
+    width_convergence_section,
     timing_section,
+    provenance_section,
 ]

@@ -22,17 +22,19 @@ from ntkit.predict import (
     max_learning_rate,
 )
 from ntkit.report.context import ReportContext
-from ntkit.report.sections import Figure, Section, accuracy, figure_png, plt
+from ntkit.report.sections import Figure, Section, accuracy, figure_png, plt, present
 
 __all__ = ["gp_section", "training_curve_section"]
 
 #: Observation noise of the GP posteriors, relative to the mean kernel diagonal, unless the
 #: report's ``ridge_relative`` is set.
 GP_NOISE_RELATIVE = 1e-3
-#: Full-batch gradient-descent steps of the finite network, and its learning rate as a
-#: fraction of :func:`~ntkit.predict.max_learning_rate` of the analytic NTK.
-TRAIN_STEPS = 200
+#: Learning rate of the finite network as a fraction of
+#: :func:`~ntkit.predict.max_learning_rate` of the analytic NTK.
 LR_FRACTION = 0.7
+#: Training has converged when the predicted test outputs are this close to their limit,
+#: relative to their distance at initialization.
+CONVERGED = 0.01
 
 
 def _noise(k: torch.Tensor, relative: float) -> float:
@@ -62,7 +64,7 @@ def gp_section(ctx: ReportContext) -> Section:
                 torch.diagonal(getattr(k_ss, name)),
                 noise_relative=rel,
             )
-        rows.append((label, post.mean, post.cov + _noise(k, rel)))
+        rows.append((label, post.mean, present(post.cov, "posterior variance") + _noise(k, rel)))
 
     def kernel_fn(x1, x2):  # serve the cached kernels to the ensemble predictor
         if x1 is d.x_train and x2 is None:
@@ -75,7 +77,8 @@ def gp_section(ctx: ReportContext) -> Section:
         ens = gradient_descent_mse_ensemble(kernel_fn, d.x_train, d.y_train)(
             math.inf, d.x_test, cov="diag"
         )
-    rows.append(("NTK ensemble, t = inf", ens.mean, ens.cov + _noise(k_tt.ntk, rel)))
+    var = present(ens.cov, "ensemble variance") + _noise(k_tt.get_ntk(), rel)
+    rows.append(("NTK ensemble, t = inf", ens.mean, var))
     table = []
     for label, mean, var in rows:
         acc = accuracy(mean, d.labels_test)
@@ -129,52 +132,54 @@ def _train_network(model, x, y, xs, lr, steps):
     return torch.stack([train[s] for s in steps]), torch.stack([test[s] for s in steps])
 
 
+def _step_grid(horizon: float, points: int = 40) -> list[int]:
+    """0 and about ``points`` log-spaced integer steps up to ``horizon``."""
+    top = max(1.0, math.log10(max(horizon, 1.0)))
+    grid = {int(v) for v in np.unique(np.round(np.logspace(0, top, points))) if v <= horizon}
+    return sorted({0, int(horizon)} | grid)
+
+
+def _converged_step(pred, grid: list[int], limit: torch.Tensor) -> int | None:
+    """First step of ``grid`` whose predicted test outputs are within 1% of their limit."""
+    start = torch.linalg.norm(pred.test[0] - limit)
+    for step, out in zip(grid, pred.test):
+        if torch.linalg.norm(out - limit) <= CONVERGED * start:
+            return step
+    return None
+
+
 def training_curve_section(ctx: ReportContext) -> Section:
-    """Predicted vs actual train/test loss of a finite network trained by gradient descent."""
+    """Predicted vs actual loss and accuracy of a finite network trained by gradient descent.
+
+    The closed-form prediction says when training has converged (test outputs within 1% of
+    their limit); the finite network trains up to that step or ``config.max_steps``,
+    whichever comes first.
+    """
     d, cfg = ctx.data, ctx.config
     k_tt, k_st = ctx.kernel("train_train"), ctx.kernel("test_train")
     n_out = d.n_classes
-    lr = LR_FRACTION * max_learning_rate(k_tt.ntk, n_outputs=n_out, reduction="mean")
-    steps = sorted(
-        {0} | {int(s) for s in np.unique(np.round(np.logspace(0, math.log10(TRAIN_STEPS), 30)))}
-    )
+    lr = LR_FRACTION * max_learning_rate(k_tt.get_ntk(), n_outputs=n_out, reduction="mean")
     dtype = torch.float32
-    model = ctx.net.module(
-        tuple(d.x_train.shape[1:]), seed=cfg.seed, dtype=dtype, device=ctx.device
-    )
+    model = ctx.net.module(ctx.in_shape, seed=cfg.seed, dtype=dtype, device=ctx.device)
     x, xs, y = d.x_train.to(dtype), d.x_test.to(dtype), d.y_train.to(dtype)
+    with torch.no_grad():
+        f0, ft0 = model(x).double(), model(xs).double()
+    with ctx.timed("predict training curve"):
+        predictor = gradient_descent_mse(
+            k_tt.get_ntk(), d.y_train, learning_rate=lr, reduction="mean", discrete=True
+        )
+        start = dict(fx_train_0=f0, fx_test_0=ft0, k_test_train=k_st.get_ntk())
+        limit = present(predictor(math.inf, **start).test, "test prediction")
+        long_grid = _step_grid(1e8, 120)
+        t_conv = _converged_step(predictor(long_grid, **start), long_grid, limit)
+    stop = min(t_conv, cfg.max_steps) if t_conv is not None else cfg.max_steps
+    steps = _step_grid(stop)
     with ctx.timed("train finite network"):
         net_train, net_test = _train_network(model, x, y, xs, lr, steps)
-    with ctx.timed("predict training curve"):
-        pred = gradient_descent_mse(
-            k_tt.ntk, d.y_train, learning_rate=lr, reduction="mean", discrete=True
-        )(steps, fx_train_0=net_train[0], fx_test_0=net_test[0], k_test_train=k_st.ntk)
-    curves = {
-        "network train": _half_mse(net_train, d.y_train),
-        "network test": _half_mse(net_test, d.y_test),
-        "predicted train": _half_mse(pred.train, d.y_train),
-        "predicted test": _half_mse(pred.test, d.y_test),
-    }
-    fig, ax = plt.subplots(figsize=(6.0, 3.8))
-    t = np.asarray(steps, dtype=float)
-    for name, color in (("train", "C0"), ("test", "C1")):
-        ax.plot(t, curves[f"network {name}"], color=color, lw=2, label=f"finite network, {name}")
-        ax.plot(
-            t,
-            curves[f"predicted {name}"],
-            color=color,
-            ls="--",
-            lw=1.5,
-            label=f"NTK prediction, {name}",
-        )
-    ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_yscale("log")
-    ax.set_xlabel("gradient-descent step")
-    ax.set_ylabel("(1/2) mean squared error")
-    ax.set_title(f"Training dynamics, width {cfg.width}")
-    ax.legend(fontsize=8)
+    shown = sorted(set(_step_grid(max(stop, t_conv or stop))) | set(steps))
+    pred = predictor(shown, **start)
+    pred_test = present(pred.test, "test prediction")
     if not bool(torch.isfinite(net_train).all() and torch.isfinite(net_test).all()):
-        plt.close(fig)
         return Section(
             title="Training dynamics: prediction vs a finite network",
             paragraphs=[
@@ -183,47 +188,114 @@ def training_curve_section(ctx: ReportContext) -> Section:
                 "eigenvalue is larger at this width. Increase --width."
             ],
         )
+    t_net, t_pred = np.asarray(steps, dtype=float), np.asarray(shown, dtype=float)
+    acc_net_curve = [accuracy(o, d.labels_test) for o in net_test]
+    acc_pred_curve = [accuracy(o, d.labels_test) for o in pred_test]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11.5, 3.9))
+    for name, net_out, pred_out, yy, color in (
+        ("train", net_train, pred.train, d.y_train, "C0"),
+        ("test", net_test, pred_test, d.y_test, "C1"),
+    ):
+        ax.plot(t_net, _half_mse(net_out, yy), color=color, lw=2, label=f"finite network, {name}")
+        ax.plot(
+            t_pred,
+            _half_mse(pred_out, yy),
+            color=color,
+            ls="--",
+            lw=1.5,
+            label=f"NTK prediction, {name}",
+        )
+    ax2.plot(t_net, acc_net_curve, color="C1", lw=2, label="finite network")
+    ax2.plot(t_pred, acc_pred_curve, color="C1", ls="--", lw=1.5, label="NTK prediction")
+    for a in (ax, ax2):
+        a.set_xscale("symlog", linthresh=1.0)
+        a.set_xlabel("gradient-descent step")
+        if t_conv is not None:
+            a.axvline(t_conv, color="gray", lw=0.8, ls=":")
+        if stop < t_pred[-1]:
+            a.axvline(stop, color="k", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_ylabel("(1/2) mean squared error")
+    ax.set_title(f"Loss, width {cfg.width}")
+    ax.legend(fontsize=7)
+    ax2.set_ylabel("test accuracy")
+    ax2.set_title("Test accuracy")
+    ax2.legend(fontsize=7)
     moved = torch.linalg.norm(net_test[-1] - net_test[0])
-    gap = float(torch.linalg.norm(net_test[-1] - pred.test[-1]) / moved)
-    acc_net = accuracy(net_test[-1], d.labels_test)
-    acc_pred = accuracy(pred.test[-1], d.labels_test)
+    at_stop = pred_test[shown.index(stop)]
+    gap = float(torch.linalg.norm(net_test[-1] - at_stop) / moved)
+    acc_net = acc_net_curve[-1]
+    acc_pred = accuracy(at_stop, d.labels_test)
+    acc_limit = accuracy(limit, d.labels_test)
+    mean_limit = predictor(math.inf, k_test_train=k_st.get_ntk()).test
+    ensemble_acc = accuracy(present(mean_limit, "test prediction"), d.labels_test)
+    ctx.results["GD predicted test accuracy at convergence"] = acc_limit
     ctx.results["GD network test accuracy"] = acc_net
     ctx.results["GD predicted test accuracy"] = acc_pred
     ctx.results["GD relative test output gap"] = gap
+    ctx.results["GD steps trained"] = float(stop)
+    pred_train_stop = pred.train[shown.index(stop)]
     rows = [
         [
             "finite network",
-            f"{float(curves['network train'][-1]):.4g}",
-            f"{float(curves['network test'][-1]):.4g}",
+            f"{float(_half_mse(net_train[-1], d.y_train)):.4g}",
+            f"{float(_half_mse(net_test[-1], d.y_test)):.4g}",
             f"{acc_net:.4f}",
         ],
         [
             "NTK prediction",
-            f"{float(curves['predicted train'][-1]):.4g}",
-            f"{float(curves['predicted test'][-1]):.4g}",
+            f"{float(_half_mse(pred_train_stop, d.y_train)):.4g}",
+            f"{float(_half_mse(at_stop, d.y_test)):.4g}",
             f"{acc_pred:.4f}",
         ],
     ]
+    if t_conv is None:
+        where = (
+            f"the prediction has not converged within 1e8 steps; training stops at "
+            f"max_steps = {cfg.max_steps}"
+        )
+    elif stop == t_conv:
+        where = (
+            f"the prediction converges (test outputs within {CONVERGED:.0%} of their "
+            f"limit) at step {t_conv}, where training stops"
+        )
+    else:
+        where = (
+            f"the prediction converges at step {t_conv} (dotted line); training stops "
+            f"earlier, at max_steps = {cfg.max_steps} (solid line), and the dashed "
+            "curves continue the prediction to convergence"
+        )
     return Section(
         title="Training dynamics: prediction vs a finite network",
         paragraphs=[
-            f"A finite network of the same architecture (NTK parameterization, width "
-            f"{cfg.width}, seed {cfg.seed}, float32) trained by full-batch gradient descent on "
-            f"L = (1/2) mean squared error over all training targets, {steps[-1]} steps, "
-            f"learning rate {lr:.4g} ({LR_FRACTION} x the critical rate 2 |Y| / lambda_max "
-            "of the analytic NTK). The prediction is the closed-form discrete dynamics with "
-            "the analytic (infinite-width) NTK started from the network's own initial outputs "
-            "(Lee et al. 2019, eqs. 9-11). Their gap shrinks like width^-1/2.",
-            f"Relative gap of the final test outputs, ||f_net - f_pred|| / ||f_net - f_0|| = "
-            f"{gap:.3f}.",
+            f"A finite network of the same architecture (width {cfg.width}, seed {cfg.seed}, "
+            "float32) trained by full-batch gradient descent on L = (1/2) mean squared error "
+            f"over all training targets at learning rate {lr:.4g} ({LR_FRACTION} x the "
+            "critical rate 2 |Y| / lambda_max of the analytic NTK). The prediction is the "
+            "closed-form discrete dynamics with the analytic (infinite-width) NTK started "
+            "from the network's own initial outputs (Lee et al. 2019, eqs. 9-11): "
+            f"{where}.",
+            f"Relative gap of the test outputs at step {stop}, ||f_net - f_pred|| / "
+            f"||f_net - f_0|| = {gap:.3f}.",
         ],
-        table_header=["after training", "train loss", "test loss", "test accuracy"],
+        table_header=[f"after {stop} steps", "train loss", "test loss", "test accuracy"],
         table_rows=rows,
         figures=[
             Figure(
-                "Train and test loss over gradient-descent steps: finite network (solid) and "
-                "closed-form NTK prediction from the same initialization (dashed).",
+                "Loss (left) and test accuracy (right) over gradient-descent steps: finite "
+                "network (solid) and closed-form NTK prediction from the same initialization "
+                "(dashed).",
                 figure_png(fig),
+                reading=(
+                    f"The finite network ends at test accuracy {acc_net:.3f}, the prediction at "
+                    f"{acc_pred:.3f}; their outputs differ by {gap:.1%} of how far they moved. "
+                    "The gap shrinks like width^-1/2: a wider network follows the kernel "
+                    "more closely. Both start from the same random outputs, and the "
+                    "prediction carries that random function to the end: at convergence it "
+                    f"predicts test accuracy {acc_limit:.3f}, against "
+                    f"{ensemble_acc:.3f} for the ensemble mean (zero initial outputs, "
+                    "'Gaussian-process posteriors')."
+                ),
             )
         ],
     )
