@@ -176,6 +176,8 @@ def test_same_features_for_any_chunking_call_and_subset():
     big = nk.ntk_features(model, x, dim=48, mode="full", seed=3, progress=False)
     again = nk.ntk_features(model, x, dim=48, mode="full", seed=3, progress=False)
     assert torch.equal(big, again)
+    as_text = nk.ntk_features(model, x, dim=48, mode="full", seed=3, max_memory="1GiB")
+    assert torch.allclose(as_text, big, rtol=1e-12, atol=1e-12)
     # a budget that forces chunks of samples and of output directions
     from ntkit.empirical.functional import functionalize, transform_safe
     from ntkit.empirical.modes import mode_spec
