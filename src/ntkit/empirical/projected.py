@@ -270,7 +270,7 @@ def ntk_features(
     logit: int | None = None,
     seed: int = 0,
     params=None,
-    max_memory: int | None = None,
+    max_memory: int | str | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
     """Random-projection tangent features: ``phi(x1) @ phi(x2).T`` estimates the NTK.
@@ -294,8 +294,9 @@ def ntk_features(
         logit: Output index for ``mode="logit"``.
         seed: Seed of the projection.
         params: Parameters to differentiate in (as in :func:`ntkit.empirical_ntk`).
-        max_memory: Memory budget in bytes (default: half the available memory); inputs
-            and output directions are chunked to fit, or a ``ValueError`` gives the estimate.
+        max_memory: Memory budget in bytes or a string such as ``"2GiB"`` (default: half
+            the available memory); inputs and output directions are chunked to fit, or a
+            ``ValueError`` gives the estimate.
         progress: Show a progress bar when the work is split into several chunks.
 
     Returns:
