@@ -21,6 +21,7 @@ import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ntkit.errors import LayerSpecError
@@ -74,6 +75,11 @@ def split_masked(x, name: str) -> tuple[object, torch.Tensor | None]:
     """``(inputs, mask)`` for :class:`Masked`, else ``(x, None)``."""
     if not isinstance(x, Masked):
         return x, None
+    if not isinstance(x.x, (torch.Tensor, np.ndarray)):
+        raise TypeError(
+            f"{name}: Masked holds inputs as a tensor or array (Masked(Graphs(...)) is not "
+            f"supported yet); got {type(x.x).__name__}."
+        )
     inputs = torch.as_tensor(x.x)
     return inputs, as_mask(x.mask, tuple(inputs.shape), name)
 
