@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -40,12 +40,22 @@ def usage_error(message: str, option: str | None = None) -> typer.BadParameter:
 
 
 @contextmanager
-def options_checked(option: str | None = None) -> Iterator[None]:
-    """Turn ``ValueError``/``TypeError`` raised while checking options into usage errors."""
+def options_checked(option: str | None = None, *, fields: Iterable[str] = ()) -> Iterator[None]:
+    """Turn ``ValueError``/``TypeError`` raised while checking options into usage errors.
+
+    Args:
+        option: The option to name; ``None`` names the one whose Python name (one of
+            ``fields``, e.g. ``"n_train"`` for ``--n-train``) begins the message, if any.
+        fields: Python names of the options checked in the block.
+    """
     try:
         yield
     except (ValueError, TypeError) as err:
-        raise usage_error(str(err), option) from err
+        message = str(err)
+        first = message.split(" ", 1)[0].rstrip(":,")
+        if option is None and first in set(fields):
+            option = "--" + first.replace("_", "-")
+        raise usage_error(message, option) from err
 
 
 def _one_line(text: str) -> str:
@@ -178,10 +188,10 @@ def report(
         str | None, typer.Option(help="Reshape each example, e.g. 1,8,8 for a CNN on digits.")
     ] = None,
     n_train: Annotated[
-        int | None, typer.Option(help="Training examples [default: 1000; 300 with --quick].")
+        int | None, typer.Option(help="Training examples (default 1000; 300 with --quick).")
     ] = None,
     n_test: Annotated[
-        int | None, typer.Option(help="Test examples [default: 500; 200 with --quick].")
+        int | None, typer.Option(help="Test examples (default 500; 200 with --quick).")
     ] = None,
     depth: Annotated[
         int, typer.Option(help="Number of Dense layers of the MLP (readout included).")
@@ -197,7 +207,7 @@ def report(
         int | None,
         typer.Option(
             help="Most gradient-descent steps of the finite network "
-            "[default: 1000; 300 with --quick]."
+            "(default 1000; 300 with --quick)."
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split and of finite networks.")] = 0,
@@ -233,7 +243,7 @@ def report(
         input_shape=_shape(input_shape),
         **{k: v for k, v in given.items() if v is not None},
     )
-    with options_checked():
+    with options_checked(fields=ReportConfig.__dataclass_fields__):
         config = ReportConfig.quick_defaults(**options) if quick else ReportConfig(**options)
         ctx = ReportContext(config, command=" ".join(["ntkit", *sys.argv[1:]]))
     ctx, _sections, path = run_report(ctx, out, progress=progress)

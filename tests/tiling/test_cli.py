@@ -54,6 +54,15 @@ def test_yaml_and_module_specs_with_csv_inputs(tmp_path):
     assert result.exit_code == 0, result.output
     net = L.serial(L.Dense(8), L.Erf(), L.Dense(1))
     torch.testing.assert_close(open_store(out).load().ntk, net.kernel(x).ntk, rtol=1e-12, atol=0)
+    py = tmp_path / "net.py"
+    py.write_text("net = L.serial(L.Dense(8), L.Erf(), L.Dense(1))\n")
+    result = CliRunner().invoke(
+        app, ["kernel", str(py), str(tmp_path / "x.csv"), "--out", str(tmp_path / "p.zarr")]
+    )
+    assert result.exit_code == 0, result.output
+    torch.testing.assert_close(
+        open_store(tmp_path / "p.zarr").load().ntk, net.kernel(x).ntk, rtol=1e-12, atol=0
+    )
     out = tmp_path / "b.zarr"
     result = CliRunner().invoke(
         app,

@@ -32,6 +32,7 @@ over same-class and different-class pairs. Larger means the kernel separates cla
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ntkit.predict._checks import as_float_tensor
@@ -63,14 +64,8 @@ def label_products(y, n: int) -> torch.Tensor:
         TypeError: not a tensor/array, boolean or complex.
         ValueError: wrong length, rank, negative class labels or NaN/Inf.
     """
-    if not isinstance(y, torch.Tensor):
-        try:
-            import numpy as np
-
-            if isinstance(y, np.ndarray) and y.dtype.kind in "iuf":
-                y = torch.from_numpy(np.ascontiguousarray(y))
-        except ImportError:  # pragma: no cover
-            pass
+    if isinstance(y, np.ndarray) and y.dtype.kind in "iuf":
+        y = torch.from_numpy(np.ascontiguousarray(y))
     if not isinstance(y, torch.Tensor):
         raise TypeError(
             f"labels must be a torch.Tensor or numeric numpy.ndarray of length {n}; "
@@ -96,15 +91,6 @@ def _square(k, name: str) -> torch.Tensor:
     k = as_float_tensor(k, name, dtype=torch.float64)
     if k.ndim != 2 or k.shape[0] != k.shape[1]:
         raise ValueError(f"{name} must be a square (n, n) kernel; got {tuple(k.shape)}.")
-    return k
-
-
-def _other(k, n: int, name: str) -> torch.Tensor:
-    k = as_float_tensor(k, name, dtype=torch.float64)
-    if k.ndim != 2 or k.shape[1] != n:
-        raise ValueError(
-            f"{name} must be (n_other, {n}) against the training set; got {tuple(k.shape)}."
-        )
     return k
 
 
@@ -271,8 +257,6 @@ def local_elasticity(k, labels1, labels2=None, *, diag1=None, diag2=None) -> flo
 
 def _int_labels(labels, n: int, name: str) -> torch.Tensor:
     if not isinstance(labels, torch.Tensor):
-        import numpy as np
-
         if isinstance(labels, np.ndarray):
             labels = torch.from_numpy(np.ascontiguousarray(labels))
         else:
@@ -367,8 +351,10 @@ def empirical_k4(model, x1, x2, x_train) -> torch.Tensor:
 
     ``K3(x, x', x_i) = <grad Theta(x, x'), grad f(x_i)>`` and
     ``K4(x, x', x_i, x_j) = <grad K3(x, x', x_i), grad f(x_j)>`` (Huang & Yau 2020), with
-    gradients in the parameters. Computed by nested ``torch.func`` transforms, one entry
-    ``(a, b)`` at a time: a slow reference for small models and a handful of inputs.
+    gradients in the parameters (the directions ``grad f(x_i)`` are differentiated too).
+    Computed by nested ``torch.func`` transforms (forward over forward over reverse),
+    vectorized over ``(i, j)``, one pair ``(a, b)`` at a time: a slow reference for small
+    models and a handful of inputs.
 
     Args:
         model: A ``torch.nn.Module`` with one output per sample.

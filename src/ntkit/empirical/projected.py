@@ -28,7 +28,7 @@ from ntkit.empirical.modes import ModeSpec, mode_spec
 from ntkit.empirical.profile import ModelProfile, profile
 from ntkit.empirical.projection import Projector, factor_temp_entries, hash_entries
 from ntkit.empirical.structured import StructuredFeaturizer, feature_bytes
-from ntkit.settings import default_max_memory, format_bytes
+from ntkit.settings import format_bytes, resolve_max_memory
 
 __all__ = [
     "FEATURE_MODES",
@@ -320,7 +320,7 @@ def ntk_features(
         prof = profile(fm, x[:2], use_rules=True)
         spec = mode_spec(mode, logit, prof.out_numel)
         dim = check_dim(dim, prof.total_params)
-        budget = default_max_memory(p0.device) if max_memory is None else int(max_memory)
+        budget = resolve_max_memory(max_memory, p0.device)
         itemsize = torch.finfo(p0.dtype).bits // 8
         plan = plan_projection(prof, spec, x.shape[0], dim, itemsize, budget)
         return projected_features(prof, x, spec, dim, seed, plan, progress)

@@ -29,7 +29,7 @@ from ntkit.layers._footprint import Footprint, recording
 from ntkit.layers._tile import TileLayout, input_covariance, input_kernel, input_variances
 from ntkit.layers.graph import split_graphs
 from ntkit.layers.masking import split_masked
-from ntkit.settings import default_kernel_dtype, default_max_memory, format_bytes
+from ntkit.settings import default_kernel_dtype, format_bytes, resolve_max_memory
 
 #: Tile size (kernel entries) for the layer chain on CPU: 2 MiB float64 arrays, cache-sized.
 CPU_TILE_ENTRIES = 2**18
@@ -198,7 +198,7 @@ def prepare(
     layout = TileLayout(in_shape, diagonal_spatial, want_ntk, symmetric)
 
     itemsize = torch.finfo(dtype).bits // 8
-    budget = default_max_memory(x1.device) if max_memory is None else int(max_memory)
+    budget = resolve_max_memory(max_memory, x1.device)
     check_one_pair_fits(x1, diagonal_spatial, want_ntk, itemsize, budget)
 
     # Probe one pair: validates the description and records working memory per pair.

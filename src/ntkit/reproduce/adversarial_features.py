@@ -51,9 +51,11 @@ def run(quick: bool = False, seed: int = 0) -> tuple[list[Section], dict[str, fl
     clean = np.zeros((len(pairs), len(feats)))
     robust = {e: np.zeros((len(pairs), len(feats))) for e in EPS}
     full_clean, full_robust = [], {e: [] for e in EPS}
+    sizes = []
     for p, digits in enumerate(pairs):
         x, lab = _pair(data.x_train, data.labels_train, n, digits)
         xt, lab_t = _pair(data.x_test, data.labels_test, n_test, digits)
+        sizes.append(f"{x.shape[0]} + {xt.shape[0]}")
         y, yt = 2.0 * lab.double() - 1.0, 2.0 * lab_t.double() - 1.0
         w = eigen_feature_weights(kernel_fn(x, x), y)
         for j, i in enumerate([*feats, "all"]):
@@ -111,9 +113,10 @@ def run(quick: bool = False, seed: int = 0) -> tuple[list[Section], dict[str, fl
     section = Section(
         title=TITLE,
         paragraphs=[
-            f"Binary digit pairs {pairs}, {n} training and {n_test} test images each "
-            "(standardized pixels, labels +-1). Kernel: analytic NTK of a depth-3 ReLU MLP "
-            "(w_std 1.5, b_std 0.05). Feature i predicts with sign(f_i(x)); it is attacked "
+            f"Binary digit pairs {pairs} with {', '.join(sizes)} training + test images "
+            "(up to half of each from either digit; standardized pixels, labels +-1). "
+            "Kernel: analytic NTK of a depth-3 ReLU MLP (w_std 1.5, b_std 0.05). "
+            "Feature i predicts with sign(f_i(x)); it is attacked "
             "alone by one FGSM step (L-infinity radius eps in standardized pixel units) on "
             "the margin -y f_i(x), with input gradients taken through the kernel by autograd.",
             "Robust accuracy falls with the eigen-index: Spearman correlation "

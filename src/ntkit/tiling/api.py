@@ -243,8 +243,10 @@ def _compute(
                     if kstore is None:
                         return run_tile(prep.tile_fn, prep.x1, prep.x2, grid, prep.spec, bi, bj)
                     out = compute_tile(prep.tile_fn, prep.x1, prep.x2, grid, prep.spec, bi, bj)
+                    return bi, bj, out  # written by the store thread (overlaps the next tile)
+
+                def write(bi, bj, out):
                     kstore.write_tile(bi, bj, out, prep.spec)
-                    return bi, bj, None
 
                 def done(result):
                     if not in_place:
@@ -253,7 +255,7 @@ def _compute(
                         bar.advance()
 
                 with retained_heap(prep.x1.device.type == "cpu"):
-                    run_in_process(todo, run, done)
+                    run_in_process(todo, run, done, write=None if kstore is None else write)
             else:
                 run_on_dask(
                     client,
@@ -496,7 +498,7 @@ class StoredKernel:
             try:
                 for name, index, _ in placements(grid, spec, bi, bj):
                     data = np.ascontiguousarray(store.array(name)[index])
-                    crc = zlib.crc32(data.tobytes(), crc)
+                    crc = zlib.crc32(data, crc)
                     regions.append((name, index, data))
             except Exception:  # noqa: BLE001 - a chunk that cannot be decoded
                 crc = None
