@@ -95,3 +95,48 @@ def test_bad_input():
         L.Recurrent(0)
     with pytest.raises(ValueError, match="u_std"):
         L.Recurrent(3, u_std=-1.0)
+
+
+@pytest.mark.parametrize("param", ["ntk", "standard"])
+def test_sequences_with_flatten_average_the_prefix_kernels(param):
+    """Flatten averages same-step kernels; step t's state is the last state of the prefix
+    x[..., :t+1], so the result is the mean of the prefixes' final-state kernels."""
+    x1, x2 = randn((3, 2, 4), 5), randn((2, 2, 4), 6)
+    kw = dict(w_std=1.1, u_std=0.9, b_std=0.2, parameterization=param)
+    seq = L.serial(L.Recurrent(5, L.Erf(), return_sequences=True, **kw), L.Flatten())
+    got = seq.kernel(x1, x2)
+    last = [
+        L.Recurrent(5, L.Erf(), **kw).kernel(x1[..., : t + 1], x2[..., : t + 1]) for t in range(4)
+    ]
+    torch.testing.assert_close(got.nngp, sum(k.nngp for k in last) / 4, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(got.ntk, sum(k.ntk for k in last) / 4, rtol=1e-12, atol=1e-13)
+
+
+def test_full_grid_diagonal_equals_same_step_layout():
+    x = randn((3, 2, 5), 7)
+    layer = L.Recurrent(4, L.ReLU(), b_std=0.1, return_sequences=True)
+    full = L.serial(layer, L.GlobalAvgPool()).kernel  # needs the full step-by-step grid
+    flat = L.serial(layer, L.Flatten()).kernel(x)
+    grid = L.serial(layer, L.Identity())
+    k = grid.kernel(x)
+    assert k.nngp.shape == (3, 3, 5, 5)
+    diag = torch.diagonal(k.nngp, dim1=2, dim2=3).mean(-1)
+    torch.testing.assert_close(diag, flat.nngp, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(torch.diagonal(k.ntk, dim1=2, dim2=3).mean(-1), flat.ntk)
+    torch.testing.assert_close(full(x).nngp, k.nngp.mean(dim=(2, 3)), rtol=1e-12, atol=1e-13)
+    assert L.Recurrent(4, return_sequences=True).module((2, 5))(x.float()).shape == (3, 4, 5)
+
+
+@pytest.mark.montecarlo
+@pytest.mark.parametrize("act", [L.ReLU(), L.Erf()], ids=repr)
+def test_finite_sequence_rnns_converge_with_time_pooling(act):
+    """Pooling over time needs the covariances of different steps, which the shared weights
+    create (untied weights would make them zero); random RNNs converge to the grid."""
+
+    def build(c):
+        return L.serial(
+            L.Recurrent(c, act, w_std=1.1, u_std=1.3, b_std=0.2, return_sequences=True),
+            L.GlobalAvgPool(),
+        )
+
+    assert_converges(build, randn((4, 3, 4), 8), bound=0.25)
