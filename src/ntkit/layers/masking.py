@@ -7,7 +7,8 @@ inputs go: ``net.kernel(Masked(x1, m1), Masked(x2, m2))``. Like a graph's adjace
 (``Kernel.mask1``/``mask2``); the finite network reads it inside ``with mask_context(mask):``.
 
 Mask-aware layers: ``GlobalSelfAttention`` attends only to real positions (padding keys get
-zero weight), ``GlobalAvgPool``/``GlobalSumPool`` average/sum over real positions only. Other
+zero weight), ``GlobalAvgPool``/``GlobalSumPool`` average/sum over real positions only,
+``Recurrent`` runs left-padded sequences from their first real step. Other
 layers act on every position, padding included, in the finite and the infinite network
 alike; a mask must keep matching the activations' spatial shape, so only shape-preserving
 layers (e.g. stride-1 ``"same"`` convolutions, activations, ``LayerNorm`` over channels) may

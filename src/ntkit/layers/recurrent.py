@@ -32,6 +32,7 @@ from ntkit.layers._spatial import location_diagonal
 from ntkit.layers.activations import Activation, ReLU
 from ntkit.layers.base import Layer, Shape, single_stream
 from ntkit.layers.dense import check_parameterization, check_std
+from ntkit.layers.masking import check_mask, current_mask
 
 __all__ = ["Recurrent", "RecurrentModule"]
 
@@ -69,6 +70,7 @@ class RecurrentModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(n, C, T)`` -> ``(n, H)``, or ``(n, H, T)`` with ``return_sequences``."""
         inputs = torch.einsum("nct,hc->tnh", x, self.weight_ih) * self.a_u
+        mask = current_mask(x)  # left-padded sequences: states stay 0 before the start
         h = None
         states = []
         for t in range(inputs.shape[0]):
@@ -78,6 +80,8 @@ class RecurrentModule(nn.Module):
             if self.bias is not None:
                 g = g + self.a_b * self.bias
             h = self.fn(g)
+            if mask is not None:
+                h = h * mask[:, t, None].to(h.dtype)
             states.append(h)
         return torch.stack(states, dim=-1) if self.return_sequences else h
 
@@ -172,6 +176,7 @@ class Recurrent(Layer):
             same_step(k.ntk, True),
             same_step(k.cov1, False),
             same_step(k.cov2, False),
+            self._active(k, steps),
         )
 
         def own(v):
@@ -212,6 +217,26 @@ class Recurrent(Layer):
         cov2 = None if v2 is None else self._grid(channels, k.cov2, None, v2, v2, pair=False)[0]
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, shape=shape, **flags)
 
+    def _active(self, k: Kernel, steps: int):
+        """Float masks of real steps for left-padded masked inputs, else ``None``."""
+        if k.mask1 is None:
+            return None
+        check_mask(repr(self), k.mask1, (steps,))
+        check_mask(repr(self), k.mask2, (steps,))
+        if self.return_sequences:
+            raise LayerSpecError(
+                f"{self!r}: masked (variable-length) inputs work with the last state only; "
+                "use return_sequences=False."
+            )
+        for mask in (k.mask1, k.mask2):
+            if bool((mask[:, 1:].int() < mask[:, :-1].int()).any()):
+                raise LayerSpecError(
+                    f"{self!r} needs left-padded sequences: each mask must be False on the "
+                    "padding before the sequence and True from its first real step to the end."
+                )
+        dtype = k.nngp.dtype
+        return k.mask1.to(dtype), k.mask2.to(dtype)
+
     def _terms(self, channels, q, e):
         """Pre-activation covariance and its un-normalized gradient term for one step."""
         w2, u2 = self.w_std**2, self.u_std**2
@@ -222,28 +247,45 @@ class Recurrent(Layer):
         grads = channels * q + (1.0 if self.b_std is not None else 0.0)
         return s, grads if e is None else grads + self.hidden * e
 
-    def _aligned(self, channels, q, q_ntk, c1, c2):
+    def _aligned(self, channels, q, q_ntk, c1, c2, active=None):
         """Per step ``t``: pair covariance ``S_t``, NTK ``Th_t`` and own variances.
 
         ``q``/``q_ntk`` are same-step input kernels ``(n1, n2, T)``, ``c1``/``c2`` the
-        inputs' variances ``(n, T)``. Returns four lists over the steps.
+        inputs' variances ``(n, T)``. ``active``: for left-padded masked sequences, the
+        float masks ``(n1, T)`` and ``(n2, T)`` of real steps; a state is 0 before its
+        sequence starts, so recurrent terms and gradients involving it vanish. Returns four
+        lists over the steps.
         """
         act, w2, u2 = self.activation, self.w_std**2, self.u_std**2
         ss, ths, v1s, v2s = [], [], [], []
         s = th = v1 = v2 = None
+        both = prev_both = None
         for t in range(q.shape[-1]):
+            if active is not None:
+                prev_both = both
+                both = active[0][:, t, None] * active[1][None, :, t]
             e = e1 = e2 = dot = None
             if s is not None:
                 e, dot = act.expectations(s, v1[:, None], v2[None, :], need_dot=q_ntk is not None)
                 e1 = act.expectations(v1, v1, v1, need_dot=False)[0]
                 if c2 is not None:
                     e2 = act.expectations(v2, v2, v2, need_dot=False)[0]
+                if active is not None:  # a state that has not started is 0
+                    e = e * prev_both
+                    dot = None if dot is None else dot * prev_both
+                    e1 = e1 * active[0][:, t - 1]
+                    if e2 is not None:
+                        e2 = e2 * active[1][:, t - 1]
             s_new, grads = self._terms(channels, q[..., t], e)
             v1 = self._terms(channels, c1[..., t], e1)[0]
             v2 = self._terms(channels, c2[..., t], e2)[0] if c2 is not None else v1
             if q_ntk is not None:
                 th_new = grads + u2 * q_ntk[..., t]
                 th = th_new if th is None else th_new + w2 * dot * th
+                if active is not None:
+                    th = th * both
+            if active is not None:
+                s_new = s_new * both
             s = s_new
             ss.append(s)
             ths.append(th)
