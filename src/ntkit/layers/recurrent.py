@@ -95,8 +95,10 @@ class Recurrent(Layer):
 
     ``h_t = phi(W h_(t-1) + U x_t + b)``, ``h_0 = 0``, one ``W``, ``U``, ``b`` for all steps;
     the kernel is the recurrent NTK of Alemohammad et al. 2021 (see the module docstring).
-    All sequences of a batch have the same length ``T`` (the reference result's setting). The
-    output is the post-activation state, so a ``Dense`` readout follows.
+    All sequences of a batch have the same padded length ``T``; sequences of different lengths
+    are left-padded and passed as ``ntkit.layers.Masked(x, mask)`` (states stay 0 until a
+    sequence starts, so the last states are aligned at the ends). The output is the
+    post-activation state, so a ``Dense`` readout follows.
 
     NTK parameterization (default): standard normal weights scaled by ``w_std / sqrt(H)``,
     ``u_std / sqrt(C)`` and ``b_std``. Standard parameterization: ``W ~ N(0, w_std^2 / H)``,
