@@ -118,6 +118,9 @@ def test_bad_input():
         net.kernel(L.Masked(x, mask & torch.tensor([True, False, True])[:, None]))
     with pytest.raises(TypeError, match="both be ntkit.layers.Masked"):
         net.kernel(L.Masked(x, mask), x)
+    graphs = L.Graphs(x, torch.eye(5).expand(3, 5, 5))
+    with pytest.raises(TypeError, match=r"Masked\(Graphs\(...\)\) is not supported"):
+        net.kernel(L.Masked(graphs, mask))
     strided = L.serial(L.Conv(3, 2, stride=2), L.GlobalAvgPool(), L.Dense(1))
     with pytest.raises(ValueError, match="masks travel through shape-preserving layers"):
         strided.kernel(L.Masked(x, mask))

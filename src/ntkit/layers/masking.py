@@ -7,7 +7,8 @@ inputs go: ``net.kernel(Masked(x1, m1), Masked(x2, m2))``. Like a graph's adjace
 (``Kernel.mask1``/``mask2``); the finite network reads it inside ``with mask_context(mask):``.
 
 Mask-aware layers: ``GlobalSelfAttention`` attends only to real positions (padding keys get
-zero weight), ``GlobalAvgPool``/``GlobalSumPool`` average/sum over real positions only. Other
+zero weight), ``GlobalAvgPool``/``GlobalSumPool`` average/sum over real positions only,
+``Recurrent`` runs left-padded sequences from their first real step. Other
 layers act on every position, padding included, in the finite and the infinite network
 alike; a mask must keep matching the activations' spatial shape, so only shape-preserving
 layers (e.g. stride-1 ``"same"`` convolutions, activations, ``LayerNorm`` over channels) may
@@ -21,6 +22,7 @@ import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ntkit.errors import LayerSpecError
@@ -74,6 +76,11 @@ def split_masked(x, name: str) -> tuple[object, torch.Tensor | None]:
     """``(inputs, mask)`` for :class:`Masked`, else ``(x, None)``."""
     if not isinstance(x, Masked):
         return x, None
+    if not isinstance(x.x, (torch.Tensor, np.ndarray)):
+        raise TypeError(
+            f"{name}: Masked holds inputs as a tensor or array (Masked(Graphs(...)) is not "
+            f"supported yet); got {type(x.x).__name__}."
+        )
     inputs = torch.as_tensor(x.x)
     return inputs, as_mask(x.mask, tuple(inputs.shape), name)
 
