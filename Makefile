@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[scale,test]" --config-settings editable_mode=compat
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[scale,test,oracle]" --config-settings editable_mode=compat
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -36,6 +36,8 @@ bench: $(STAMP)  # about 25 minutes on 2 cores; tables go to docs/benchmarks/
 	$(BIN)/python benchmarks/cnn_kernel.py
 	$(BIN)/python benchmarks/empirical_ntk.py --threads 2
 	$(BIN)/python benchmarks/predict.py --threads 2
+	$(BIN)/python benchmarks/analysis.py --threads 2 --write
+	$(BIN)/python benchmarks/sklearn_gp.py --threads 1
 	$(BIN)/python benchmarks/cli_startup.py
 
 clean:

@@ -36,17 +36,35 @@ _EXPORTS: dict[str, str] = {
 
 #: Subpackages reachable as ``ntkit.NAME`` without an explicit import.
 _SUBMODULES: tuple[str, ...] = (
+    "analysis",
+    "attacks",
     "datasets",
     "empirical",
+    "errors",
     "layers",
+    "parametrization",
     "predict",
     "report",
     "reproduce",
     "settings",
+    "tiling",
 )
 
 if TYPE_CHECKING:
-    from ntkit import datasets, empirical, layers, predict, report, reproduce, settings
+    from ntkit import (
+        analysis,
+        attacks,
+        datasets,
+        empirical,
+        errors,
+        layers,
+        parametrization,
+        predict,
+        report,
+        reproduce,
+        settings,
+        tiling,
+    )
     from ntkit.empirical import (
         empirical_ntk,
         linearize,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import os
 from collections.abc import Callable, Iterable, Iterator
 
@@ -20,6 +21,7 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _GLIBC_DEFAULT_TRIM = 128 * 2**10
 _libc = None
+_retaining: contextvars.ContextVar[bool] = contextvars.ContextVar("ntkit_retaining", default=False)
 
 
 def _glibc():
@@ -51,15 +53,18 @@ def retained_heap(enabled: bool) -> Iterator[None]:
     when the environment sets glibc's own thresholds.
     """
     user_policy = "MALLOC_TRIM_THRESHOLD_" in os.environ or "MALLOC_MMAP_THRESHOLD_" in os.environ
-    libc = _glibc() if (enabled and retain_heap_enabled() and not user_policy) else False
+    wanted = enabled and retain_heap_enabled() and not user_policy and not _retaining.get()
+    libc = _glibc() if wanted else False
     if not libc:
         yield
         return
     libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's maximum
     libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)  # an int: the largest
+    token = _retaining.set(True)  # nested kernels (tiles of a tiled matrix) keep the heap
     try:
         yield
     finally:
+        _retaining.reset(token)
         libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_TRIM)
         libc.malloc_trim(0)
 

@@ -269,9 +269,19 @@ def reproduce(
 
     curves: Wang, Buchanan, Gilboa & Wright 2021, deep NTKs localize; two curves.
 
-    polynomial: Wu et al. 2022, NTK spectra with Hadamard-product layers.
+    polynomial: Wu et al. 2022, NTK spectra with Hadamard products; polynomial extrapolation.
 
     sample-then-optimize: Dai et al. 2022, posterior samples by training; Thompson sampling.
+
+    label-aware: Chen, He & Su 2020, label-aware NTKs (HR, NTH) and local elasticity.
+
+    complex: Tan et al. 2022, block NTKs of complex networks and their infinite-width limit.
+
+    adversarial-features: Tsilivis & Kempe 2022, robustness of the NTK's eigen-features.
+
+    super-consistency: Noci et al. 2024, sharpness trajectories under muP and NTK parameterization.
+
+    ntk-evolution-adversarial: Loo et al. 2022, the empirical NTK under adversarial training.
     """
     from rich.console import Console
 
@@ -283,6 +293,12 @@ def reproduce(
     results = run_experiment(name, out, quick=quick, seed=seed)
     Console().print(_results_table(f"ntkit reproduce {name}", results))
     Console().print(f"written to {Path(out) / (name + '.html')}")
+
+
+# ntkit kernel SPEC INPUTS --out k.zarr (implementation in ntkit.tiling.cli, imports lazily)
+from ntkit.tiling.cli import kernel as _kernel_command  # noqa: E402
+
+app.command("kernel")(_kernel_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -40,3 +40,20 @@ def test_cuda_monte_carlo_and_float32():
     assert mc.ntk.device.type == "cuda"
     k32 = net.kernel(x.float(), dtype=torch.float32)
     torch.testing.assert_close(k32.ntk.double(), net.kernel(x).ntk, rtol=1e-4, atol=1e-5)
+
+
+def test_cuda_gradients_match_cpu():
+    """Gradients with respect to inputs and a tensor hyperparameter, on the GPU."""
+    x1, x2 = _x(40, 5, 2), _x(30, 5, 3)
+    grads = []
+    for device in ("cpu", "cuda"):
+        w = torch.tensor(1.4, dtype=torch.float64, device=device, requires_grad=True)
+        net = L.serial(L.Dense(8, w_std=w, b_std=0.1), L.ReLU(), L.Dense(8), L.Erf(), L.Dense(1))
+        a = x1.to(device).requires_grad_(True)
+        b = x2.to(device).requires_grad_(True)
+        k = net.kernel(a, b)
+        assert k.ntk.device.type == device
+        (k.ntk.square().sum() + net.kernel(a).nngp.sum()).backward()
+        grads.append([t.grad.cpu() for t in (a, b, w)])
+    for c, g in zip(*grads):
+        torch.testing.assert_close(g, c, rtol=1e-10, atol=1e-12)

@@ -3,6 +3,13 @@
 Kernel metrics, Hessian sharpness, NTK tracking, label-aware kernels and local elasticity.
 """
 
+from ntkit.analysis.eigen_features import (
+    KernelPredictor,
+    eigen_feature_weights,
+    eigen_features,
+    feature_accuracy,
+    feature_robust_accuracy,
+)
 from ntkit.analysis.label_aware import (
     empirical_k4,
     label_aware_hr,
@@ -29,6 +36,11 @@ from ntkit.analysis.sharpness import (
 from ntkit.analysis.tracker import NTKTracker
 
 __all__ = [
+    "KernelPredictor",
+    "eigen_feature_weights",
+    "eigen_features",
+    "feature_accuracy",
+    "feature_robust_accuracy",
     "NTKTracker",
     "TraceEstimate",
     "alignment",

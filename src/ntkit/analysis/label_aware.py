@@ -32,6 +32,7 @@ over same-class and different-class pairs. Larger means the kernel separates cla
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ntkit.predict._checks import as_float_tensor
@@ -63,14 +64,8 @@ def label_products(y, n: int) -> torch.Tensor:
         TypeError: not a tensor/array, boolean or complex.
         ValueError: wrong length, rank, negative class labels or NaN/Inf.
     """
-    if not isinstance(y, torch.Tensor):
-        try:
-            import numpy as np
-
-            if isinstance(y, np.ndarray) and y.dtype.kind in "iuf":
-                y = torch.from_numpy(np.ascontiguousarray(y))
-        except ImportError:  # pragma: no cover
-            pass
+    if isinstance(y, np.ndarray) and y.dtype.kind in "iuf":
+        y = torch.from_numpy(np.ascontiguousarray(y))
     if not isinstance(y, torch.Tensor):
         raise TypeError(
             f"labels must be a torch.Tensor or numeric numpy.ndarray of length {n}; "
@@ -96,15 +91,6 @@ def _square(k, name: str) -> torch.Tensor:
     k = as_float_tensor(k, name, dtype=torch.float64)
     if k.ndim != 2 or k.shape[0] != k.shape[1]:
         raise ValueError(f"{name} must be a square (n, n) kernel; got {tuple(k.shape)}.")
-    return k
-
-
-def _other(k, n: int, name: str) -> torch.Tensor:
-    k = as_float_tensor(k, name, dtype=torch.float64)
-    if k.ndim != 2 or k.shape[1] != n:
-        raise ValueError(
-            f"{name} must be (n_other, {n}) against the training set; got {tuple(k.shape)}."
-        )
     return k
 
 
@@ -271,8 +257,6 @@ def local_elasticity(k, labels1, labels2=None, *, diag1=None, diag2=None) -> flo
 
 def _int_labels(labels, n: int, name: str) -> torch.Tensor:
     if not isinstance(labels, torch.Tensor):
-        import numpy as np
-
         if isinstance(labels, np.ndarray):
             labels = torch.from_numpy(np.ascontiguousarray(labels))
         else:
@@ -335,23 +319,30 @@ def two_layer_relu_k4(
     sa, sb, st = ua.clamp_min(0), ub.clamp_min(0), ut.clamp_min(0)
     ta, tb, tt = (ua > 0).double(), (ub > 0).double(), (ut > 0).double()
     p_ab, p_ai, p_bi, p_ij = a @ b.T / d, a @ t.T / d, b @ t.T / d, t @ t.T / d
-    out = torch.empty(a.shape[0], b.shape[0], t.shape[0], t.shape[0], dtype=torch.float64)
-    m = float(n_samples)
-    for i_a in range(a.shape[0]):
-        for i_b in range(b.shape[0]):
-            tab = ta[:, i_a] * tb[:, i_b]
-            e_ss = (st * tab[:, None]).T @ st / m  # E[t_a t_b s_i s_j]
-            e_ts_a = (tt * (ta[:, i_a] * sb[:, i_b])[:, None]).T @ st / m  # E[t_a s_b t_i s_j]
-            e_ts_b = (tt * (sa[:, i_a] * tb[:, i_b])[:, None]).T @ st / m
-            e_tt = (tt * tab[:, None]).T @ tt / m
-            geo = 2 * p_ab[i_a, i_b] * p_ij + torch.outer(p_ai[i_a], p_bi[i_b])
-            geo = geo + torch.outer(p_bi[i_b], p_ai[i_a])
-            out[i_a, i_b] = (
-                2 * p_ab[i_a, i_b] * e_ss
-                + p_ai[i_a][:, None] * e_ts_a
-                + p_bi[i_b][:, None] * e_ts_b
-                + e_tt * geo
-            )
+    n1, n2, n, m = a.shape[0], b.shape[0], t.shape[0], float(n_samples)
+
+    def pairs(u, v):  # (M, n_u * n_v): per-sample products u_r[k] v_r[l]
+        return (u[:, :, None] * v[:, None, :]).reshape(u.shape[0], -1)
+
+    ss, ts, tt2 = pairs(st, st), pairs(tt, st), pairs(tt, tt)
+    out = torch.empty(n1, n2, n, n, dtype=torch.float64)
+    rows = max(1, int(2**24 // max(1, n2 * n * n)))  # ~128 MiB per expectation block
+    for lo in range(0, n1, rows):
+        sl = slice(lo, min(n1, lo + rows))
+        r = sl.stop - sl.start
+
+        def expect(u, v, feats, sl=sl, r=r):  # E_w[u_a v_b F_ij], rows sl: (r, n2, n, n)
+            return (pairs(u[:, sl], v).T @ feats / m).reshape(r, n2, n, n)
+
+        pab = p_ab[sl][:, :, None, None]
+        geo = 2 * pab * p_ij + p_ai[sl][:, None, :, None] * p_bi[None, :, None, :]
+        geo = geo + p_bi[None, :, :, None] * p_ai[sl][:, None, None, :]
+        out[sl] = (
+            2 * pab * expect(ta, tb, ss)
+            + p_ai[sl][:, None, :, None] * expect(ta, sb, ts)
+            + p_bi[None, :, :, None] * expect(sa, tb, ts)
+            + geo * expect(ta, tb, tt2)
+        )
     return out / width
 
 
@@ -360,8 +351,10 @@ def empirical_k4(model, x1, x2, x_train) -> torch.Tensor:
 
     ``K3(x, x', x_i) = <grad Theta(x, x'), grad f(x_i)>`` and
     ``K4(x, x', x_i, x_j) = <grad K3(x, x', x_i), grad f(x_j)>`` (Huang & Yau 2020), with
-    gradients in the parameters. Computed by nested ``torch.func`` transforms, one entry
-    ``(a, b)`` at a time: a slow reference for small models and a handful of inputs.
+    gradients in the parameters (the directions ``grad f(x_i)`` are differentiated too).
+    Computed by nested ``torch.func`` transforms (forward over forward over reverse),
+    vectorized over ``(i, j)``, one pair ``(a, b)`` at a time: a slow reference for small
+    models and a handful of inputs.
 
     Args:
         model: A ``torch.nn.Module`` with one output per sample.

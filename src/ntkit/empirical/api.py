@@ -18,7 +18,7 @@ from ntkit.empirical.modes import mode_spec
 from ntkit.empirical.profile import profile
 from ntkit.empirical.vector_products import vector_product
 from ntkit.kernel import Kernel
-from ntkit.settings import default_max_memory, format_bytes
+from ntkit.settings import format_bytes, resolve_max_memory
 
 __all__ = ["empirical_ntk", "monte_carlo_kernel", "ntk_vp"]
 
@@ -148,7 +148,7 @@ def _empirical_ntk(
         raise ValueError(
             f"mode='diagonal' pairs x1[i] with x2[i]; x2 must be None or have {n1} rows, got {n2}."
         )
-    budget = default_max_memory(device) if max_memory is None else int(max_memory)
+    budget = resolve_max_memory(max_memory, device)
     itemsize = torch.finfo(dtype).bits // 8
     sym = x2 is None
     ctx = CostContext(
@@ -210,7 +210,7 @@ def _ntk_vp(fm, x1, xb, v, prof, max_memory, out_device):
     dtype, device = _model_place(fm)
     o = prof.out_numel
     m = 1 if v.ndim == 2 else v.shape[2]
-    budget = default_max_memory(device) if max_memory is None else int(max_memory)
+    budget = resolve_max_memory(max_memory, device)
     itemsize = torch.finfo(dtype).bits // 8
     per_sample = 3 * prof.act_bytes * m + 2 * o * m * itemsize
     fixed = 2 * prof.total_params * itemsize * m

@@ -1,15 +1,16 @@
 """Projected (sketched) tangent features and the projected empirical NTK.
 
-``phi(x) = R J(x) / sqrt(dim)`` with ``J(x)`` the per-sample Jacobian of the model's outputs
-in its parameters and ``R`` a ``dim x P`` random sign matrix, so that
+``phi(x) = S J(x)`` with ``J(x)`` the per-sample Jacobian of the model's outputs in its
+parameters and ``S`` a sparse ``dim x P`` random projection (a count sketch: one random sign
+per column, in a random row) with ``E[S^T S] = I``, so that
 ``E[phi(x) . phi(x')] = J(x) . J(x')``: an unbiased estimate of the empirical NTK whose
-relative error falls like ``dim^-1/2`` (Johnson-Lindenstrauss; the projections of
-data-attribution methods, Park et al. 2023 "TRAK"). ``R`` is never formed and ``J`` is never
-materialised for the parameters that structured rules cover: each parameter's factor from
-:class:`~ntkit.empirical.structured.StructuredFeaturizer` (layer inputs and output
-cotangents) is projected with a Kronecker-structured sign matrix
-(:mod:`ntkit.empirical.projection`); other parameters' per-sample Jacobians are projected
-in matrix form. Inputs and output directions are chunked to fit ``max_memory``.
+relative error falls like ``dim^-1/2`` (Johnson-Lindenstrauss; the random projections of
+per-sample gradients in data attribution, Park et al. 2023 "TRAK"). ``S`` is never formed,
+and ``J`` is never materialised for the parameters that structured rules cover: each
+parameter's factor from :class:`~ntkit.empirical.structured.StructuredFeaturizer` (layer
+inputs and output cotangents) is sketched with TensorSketch
+(:mod:`ntkit.empirical.projection`); other parameters' per-sample Jacobians are
+count-sketched directly. Inputs and output directions are chunked to fit ``max_memory``.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from ntkit._validation import as_batch, check_finite
 from ntkit.empirical.functional import functionalize, transform_safe
 from ntkit.empirical.modes import ModeSpec, mode_spec
 from ntkit.empirical.profile import ModelProfile, profile
-from ntkit.empirical.projection import Projector, factor_temp_entries, sign_entries
+from ntkit.empirical.projection import Projector, factor_temp_entries, hash_entries
 from ntkit.empirical.structured import StructuredFeaturizer, feature_bytes
-from ntkit.settings import default_max_memory, format_bytes
+from ntkit.settings import format_bytes, resolve_max_memory
 
 __all__ = [
     "FEATURE_MODES",
@@ -93,7 +94,7 @@ def plan_projection(
 ) -> ProjectionPlan:
     """Largest chunks of samples and output directions whose projection fits ``budget``.
 
-    Counts the stored signs, the features of all ``n`` samples, ``held_bytes`` (e.g. a
+    Counts the stored hashes and signs, the features of all ``n`` samples, ``held_bytes`` (e.g. a
     kernel being assembled), and per sample of a chunk: the structured factors
     (cotangents and layer inputs), one factor's projection temporaries and the chunk's
     features.
@@ -105,9 +106,9 @@ def plan_projection(
     how = _how(spec)
     k = spec.n_directions
     shapes = _shapes(prof)
-    signs = [sign_entries(s, dim, k, how) for s in shapes]
+    hashes = sum(hash_entries(s, k, how) for s in shapes) * (8 + itemsize)
     out_bytes = n * (k if how == "full" else 1) * dim * itemsize
-    fixed = held_bytes + out_bytes + sum(signs) + 2 * max(signs, default=0) * itemsize
+    fixed = held_bytes + out_bytes + hashes
 
     def need(c: int, kc: int) -> float:
         f_fixed, f_dir = feature_bytes(prof, kc, itemsize)
@@ -193,7 +194,7 @@ def projected_features(
                     out[r, d] = phi
                 del phi
                 step()
-    return out.div_(math.sqrt(dim))
+    return out
 
 
 def projected_kernel(
@@ -274,13 +275,13 @@ def ntk_features(
 ) -> torch.Tensor:
     """Random-projection tangent features: ``phi(x1) @ phi(x2).T`` estimates the NTK.
 
-    ``phi(x) = R J(x) / sqrt(dim)`` for a random sign matrix ``R`` that depends only on
-    ``seed`` and the parameters' names and shapes, so features of new inputs computed later
-    (any chunking, any process, any device) are compatible with stored ones. The estimate
-    is unbiased, with a relative error of about ``dim^-1/2`` (up to about ``2 dim^-1/2``
-    for a layer whose per-sample gradient has rank one, such as a dense layer on vectors).
-    Per-sample gradients of the parameters that structured rules cover (``Linear``,
-    ``Conv1d/2d``, ``Embedding``, normalization affines) are never formed.
+    ``phi(x) = S J(x)`` for a sparse random projection ``S`` (a count sketch) that depends
+    only on ``seed`` and the parameters' names and shapes, so features of new inputs
+    computed later (any chunking, any process, any device) are compatible with stored ones.
+    The estimate is unbiased, with a relative error of about ``dim^-1/2`` (a few times
+    more for a layer whose per-sample gradient has rank one, such as a dense layer on a
+    single vector). Per-sample gradients of the parameters that structured rules cover
+    (``Linear``, ``Conv1d/2d``, ``Embedding``, normalization affines) are never formed.
 
     Args:
         model: A ``torch.nn.Module`` or ``f(params, x)`` (with ``params=`` a dict).
@@ -319,7 +320,7 @@ def ntk_features(
         prof = profile(fm, x[:2], use_rules=True)
         spec = mode_spec(mode, logit, prof.out_numel)
         dim = check_dim(dim, prof.total_params)
-        budget = default_max_memory(p0.device) if max_memory is None else int(max_memory)
+        budget = resolve_max_memory(max_memory, p0.device)
         itemsize = torch.finfo(p0.dtype).bits // 8
         plan = plan_projection(prof, spec, x.shape[0], dim, itemsize, budget)
         return projected_features(prof, x, spec, dim, seed, plan, progress)

@@ -1,36 +1,36 @@
-"""Random projections of per-parameter Jacobian factors (the math of projected features).
+"""Sparse random projections of per-parameter Jacobian factors (count sketch, TensorSketch).
 
 Every parameter's per-sample Jacobian ``J`` (for one output direction, or all directions
-stacked in ``trace`` mode) is projected to ``dim`` numbers by a random sign matrix that is
-never formed in full: entry ``j`` of the projection is ``r_j^T G s_j`` where ``G`` is the
-Jacobian viewed as a matrix (cotangent side x input side) and ``r_j``, ``s_j`` are
-independent Rademacher vectors (a row-wise Kronecker, "Khatri-Rao", sketch). Since
-``E[r r^T] = E[s s^T] = I``, ``E[(r^T G s)(r^T G' s)] = <G, G'>``: the features are an
-unbiased estimate of the kernel for every parameter, and the parameters' independent
-projections add up to an unbiased estimate of the whole kernel. For a :class:`Kron` factor
-``G = sum_p g_p (x) x_p`` the projection is computed either by position,
-``sum_p (r . g_p)(s . x_p)`` (cost ``P dim (A + B)``), or by forming ``G`` first
-(``P A B + A B dim``), whichever is cheaper; both give the same numbers up to rounding.
+stacked in ``trace`` mode) is mapped to ``dim`` numbers by a *count sketch*: entry ``i`` of
+``J`` is added, with a random sign ``s(i)``, to bucket ``h(i)`` (Charikar, Chen &
+Farach-Colton 2002). The sketch is linear, ``CS(u) = S u`` for a sparse ``dim x D`` matrix
+``S`` with one random sign per column, and ``E[S^T S] = I``, so
+``E[CS(u) . CS(u')] = u . u'`` (unbiased) with variance
+``(|u|^2 |u'|^2 + (u . u')^2 - 2 sum_i u_i^2 u'_i^2) / dim`` -- that of a dense Gaussian
+projection, minus a term.
 
-Signs are drawn by a CPU generator seeded from ``(seed, parameter names, role)`` through
-SHA-256, so they are the same on every call, chunk, process and device.
+For a :class:`Kron` factor ``J = sum_p g_p (x) x_p`` the Jacobian is never formed: with the
+hash ``H(a, b) = h_g(a) + h_x(b) mod dim`` and sign ``s_g(a) s_x(b)``, the count sketch of
+``g_p (x) x_p`` is the circular convolution of the count sketches of ``g_p`` and ``x_p``
+(TensorSketch, Pham & Pagh 2013), so
+``CS(J) = irfft(sum_p rfft(CS_g(g_p)) * rfft(CS_x(x_p)))``: cost ``P (K A + B)`` for the
+sketches plus ``P`` FFTs of length ``dim``, instead of ``K A B`` per position. It is still a
+count sketch (unbiased); its variance is larger for rank-one factors (a dense layer on a
+single vector) and about the same for sums over many positions.
+
+Hashes and signs are drawn by a CPU generator seeded from ``(seed, parameter names, role)``
+through SHA-256, so they are the same on every call, chunk, process and device.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 
 import torch
 
 from ntkit.empirical.factors import Factor, Kron, OneHot
 
-__all__ = ["Projector", "factor_temp_entries", "key_label", "sign_entries"]
-
-#: Dense factors with at most this many entries per direction get a plain sign matrix.
-SMALL_DENSE = 64
-#: Projection columns per block when a factor is projected through its matrix form.
-J_BLOCK = 512
+__all__ = ["Projector", "factor_temp_entries", "hash_entries", "key_label"]
 
 
 def key_label(key) -> str:
@@ -43,54 +43,33 @@ def _stream_seed(seed: int, key, role: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def dense_split(d: int) -> tuple[int, int]:
-    """``(d0, d1)`` with ``d0 * d1 >= d``: the matrix a large dense factor is viewed as."""
-    d0 = math.isqrt(d - 1) + 1 if d > 1 else 1
-    return d0, -(-d // d0)
-
-
-def _kron_path(p: int, a: int, b: int, kc: int, dim: int) -> str:
-    """``"position"`` or ``"matrix"``: cheaper way to project ``sum_p g_p (x) x_p``."""
-    by_position = p * dim * (kc * a + b) + p * kc * dim
-    by_matrix = kc * p * a * b + kc * a * b * dim
-    return "position" if by_position <= by_matrix else "matrix"
-
-
-def sign_entries(shape: tuple, dim: int, k_total: int, how: str) -> int:
-    """Random signs stored for one factor of profile shape ``shape`` (see ``ModelProfile``)."""
+def hash_entries(shape: tuple, k_total: int, how: str) -> int:
+    """Hashes (and signs) stored for one factor of profile shape ``shape``."""
     rows = k_total if how == "trace" else 1
     if shape[0] == "kron":
         _, _, a, b = shape
-        return dim * (rows * a + b)
-    d = shape[1]
-    if d <= SMALL_DENSE:
-        return dim * rows * d
-    d0, d1 = dense_split(d)
-    return dim * (rows * d0 + d1)
+        return rows * a + b
+    return rows * shape[1]
 
 
 def factor_temp_entries(shape: tuple, dim: int, kc: int, how: str) -> int:
-    """Per-sample temporary entries of projecting one factor for ``kc`` directions."""
+    """Per-sample temporary entries of sketching one factor for ``kc`` directions."""
     if shape[0] == "kron":
-        _, p, a, b = shape
-        if _kron_path(p, a, b, kc, dim) == "position":
-            return p * dim * (1 + (kc if how == "full" else 1)) + p * kc * a
-        return kc * a * b + kc * a * min(dim, J_BLOCK)
-    d = shape[1]
-    if d <= SMALL_DENSE:
-        return kc * d
-    d0, d1 = dense_split(d)
-    return kc * d0 * d1 + kc * d0 * min(dim, J_BLOCK)
+        _, p, a, _ = shape
+        sides = (kc if how == "full" else 1) + 1
+        # count sketches, their spectra (complex: 2 reals per bin) and the product
+        return p * kc * a + 3 * sides * p * (dim + 2)
+    return kc * shape[1] + 2 * kc * dim
 
 
 class Projector:
-    """Projects ``{key: factor}`` of a chunk of inputs to ``dim`` features.
+    """Count-sketches ``{key: factor}`` of a chunk of inputs to ``dim`` features.
 
     Args:
         dim: Number of features ``k``.
-        seed: Seed of the random signs.
-        how: ``"trace"`` (all directions projected together: features ``(n, dim)``) or
-            ``"full"`` (one shared projection per direction: ``(n, K, dim)``).
+        seed: Seed of the hashes and signs.
+        how: ``"trace"`` (all directions sketched together: features ``(n, dim)``) or
+            ``"full"`` (one shared sketch per direction: ``(n, K, dim)``).
         n_directions: ``K``, the mode's number of output directions.
         dtype: Floating dtype of the features.
         device: Device of the features.
@@ -101,36 +80,41 @@ class Projector:
     ):
         self.dim, self.seed, self.how, self.k_total = dim, seed, how, n_directions
         self.dtype, self.device = dtype, torch.device(device)
-        self._signs: dict[tuple, torch.Tensor] = {}
+        self._hashes: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def signs(self, key, role: str, m: int) -> torch.Tensor:
-        """``(dim, m)`` Rademacher signs for ``(key, role)``, in the features' dtype."""
+    def hashes(self, key, role: str, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Buckets ``(m,)`` in ``[0, dim)`` and signs ``(m,)`` (+-1) for ``(key, role)``."""
         cache_key = (key_label(key), role, m)
-        s = self._signs.get(cache_key)
-        if s is None:
+        got = self._hashes.get(cache_key)
+        if got is None:
             gen = torch.Generator().manual_seed(_stream_seed(self.seed, key, f"{role}/{m}"))
-            s = torch.randint(0, 2, (self.dim, m), generator=gen, dtype=torch.int8)
-            s = (s * 2 - 1).to(self.device)
-            self._signs[cache_key] = s
-        return s.to(self.dtype)
+            h = torch.randint(0, self.dim, (m,), generator=gen)
+            s = torch.randint(0, 2, (m,), generator=gen).to(self.dtype) * 2 - 1
+            got = (h.to(self.device), s.to(self.device))
+            self._hashes[cache_key] = got
+        return got
 
-    def _side(self, key, role: str, width: int, d0: int, kc: int) -> torch.Tensor:
-        """Signs of the cotangent side for directions ``d0 : d0 + kc`` (``(dim, kc*w)``)."""
+    def _side(self, key, role: str, width: int, d0: int, kc: int):
+        """Hashes of the cotangent side for directions ``d0 : d0 + kc``."""
         if self.how == "full":
-            return self.signs(key, role, width)
-        s = self.signs(key, role, self.k_total * width)
-        return s[:, d0 * width : (d0 + kc) * width]
+            return self.hashes(key, role, width)
+        h, s = self.hashes(key, role, self.k_total * width)
+        return h[d0 * width : (d0 + kc) * width], s[d0 * width : (d0 + kc) * width]
+
+    def _sketch(self, v: torch.Tensor, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Count sketch along the last axis: ``(..., m) -> (..., dim)``."""
+        out = torch.zeros((*v.shape[:-1], self.dim), dtype=v.dtype, device=v.device)
+        return out.index_add_(v.ndim - 1, h, v * s)
 
     def __call__(self, feats: dict, d0: int = 0) -> torch.Tensor:
-        """Projected features of one chunk, summed over its factors, unscaled.
+        """Sketched features of one chunk, summed over its factors.
 
         Args:
             feats: ``key -> factor`` for ``c`` samples and directions ``d0 : d0 + kc``.
             d0: Index of the chunk's first output direction.
 
         Returns:
-            ``(c, dim)`` (trace: this direction block's share) or ``(c, kc, dim)`` (full),
-            times ``sqrt(dim)`` (the caller divides).
+            ``(c, dim)`` (trace: this direction block's share) or ``(c, kc, dim)`` (full).
         """
         out = None
         for key, f in feats.items():
@@ -139,57 +123,34 @@ class Projector:
         return out
 
     def project(self, key, f: Factor, d0: int) -> torch.Tensor:
-        """One factor's unscaled projection (see :meth:`__call__`)."""
+        """One factor's sketch (see :meth:`__call__`)."""
         if isinstance(f, Kron):
             return self._kron(key, f, d0)
         j = f.j  # (c, kc, D)
         c, kc, d = j.shape
-        if d <= SMALL_DENSE:
-            r = self._side(key, "dense", d, d0, kc)
-            if self.how == "full":
-                return j @ r.T
-            return j.reshape(c, kc * d) @ r.T
-        a, b = dense_split(d)
-        if a * b != d:
-            j = torch.nn.functional.pad(j, (0, a * b - d))
-        return self._matrix(key, j.reshape(c, kc, a, b), d0)
+        h, s = self._side(key, "dense", d, d0, kc)
+        if self.how == "full":
+            return self._sketch(j, h, s)
+        return self._sketch(j.reshape(c, kc * d), h, s)
 
     def _kron(self, key, f: Kron, d0: int) -> torch.Tensor:
         g = f.g  # (c, kc, P, A)
         c, kc, p, a = g.shape
-        b = f.width_in
-        if isinstance(f.x, OneHot) or _kron_path(p, a, b, kc, self.dim) == "position":
-            rx = self.signs(key, "in", b)
-            if isinstance(f.x, OneHot):
-                v = rx.T[f.x.idx]  # (c, P, dim)
-                if f.x.mask is not None:
-                    v = v * f.x.mask[..., None]
-            else:
-                v = f.x @ rx.T  # (c, P, dim)
-            rg = self._side(key, "out", a, d0, kc)
-            if self.how == "full":
-                u = g @ rg.T  # (c, kc, P, dim)
-                return torch.einsum("ckpj,cpj->ckj", u, v)
-            u = g.permute(0, 2, 1, 3).reshape(c, p, kc * a) @ rg.T  # (c, P, dim)
-            return torch.einsum("cpj,cpj->cj", u, v)
-        m = torch.einsum("ckpa,cpb->ckab", g, f.x)
-        return self._matrix(key, m, d0)
-
-    def _matrix(self, key, m: torch.Tensor, d0: int) -> torch.Tensor:
-        """``r_j^T M s_j`` for ``m: (c, kc, A, B)``, in blocks of projection columns."""
-        c, kc, a, b = m.shape
-        rx = self.signs(key, "in", b)
-        rg = self._side(key, "out", a, d0, kc)
-        if self.how == "full":
-            out = torch.empty(c, kc, self.dim, dtype=m.dtype, device=m.device)
+        hx, sx = self.hashes(key, "in", f.width_in)
+        if isinstance(f.x, OneHot):
+            vals = sx[f.x.idx]
+            if f.x.mask is not None:
+                vals = vals * f.x.mask
+            cs_x = torch.zeros((c, p, self.dim), dtype=g.dtype, device=g.device)
+            cs_x.scatter_(2, hx[f.x.idx].unsqueeze(-1), vals.unsqueeze(-1).to(g.dtype))
         else:
-            out = torch.empty(c, self.dim, dtype=m.dtype, device=m.device)
-            m = m.reshape(c, kc * a, b)
-        for j0 in range(0, self.dim, J_BLOCK):
-            js = slice(j0, min(j0 + J_BLOCK, self.dim))
-            t = m @ rx[js].T  # (c, kc, A, jb) or (c, kc*A, jb)
-            if self.how == "full":
-                out[:, :, js] = torch.einsum("ckaj,ja->ckj", t, rg[js])
-            else:
-                out[:, js] = torch.einsum("cmj,jm->cj", t, rg[js])
-        return out
+            cs_x = self._sketch(f.x, hx, sx)  # (c, P, dim)
+        hg, sg = self._side(key, "out", a, d0, kc)
+        fx = torch.fft.rfft(cs_x, dim=-1)
+        del cs_x
+        if self.how == "full":
+            fg = torch.fft.rfft(self._sketch(g, hg, sg), dim=-1)  # (c, kc, P, F)
+            return torch.fft.irfft((fg * fx[:, None]).sum(2), n=self.dim, dim=-1)
+        gp = g.permute(0, 2, 1, 3).reshape(c, p, kc * a)
+        fg = torch.fft.rfft(self._sketch(gp, hg, sg), dim=-1)  # (c, P, F)
+        return torch.fft.irfft((fg * fx).sum(1), n=self.dim, dim=-1)

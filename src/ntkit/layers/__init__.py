@@ -47,11 +47,16 @@ from ntkit.layers.conv_local import ConvLocal
 from ntkit.layers.conv_transpose import ConvTranspose
 from ntkit.layers.dense import Dense, Flatten, Identity
 from ntkit.layers.dropout import Dropout
+from ntkit.layers.graph import Aggregate, Graphs, graph_context
+from ntkit.layers.masking import Masked, mask_context
 from ntkit.layers.normalization import LayerNorm
 from ntkit.layers.pooling import AvgPool, GlobalAvgPool, GlobalSumPool, SumPool
+from ntkit.layers.recurrent import Recurrent
+from ntkit.layers.spatial_maps import ImageResize, Index
 
 __all__ = [
     "ABReLU",
+    "Aggregate",
     "Abs",
     "Activation",
     "AvgPool",
@@ -76,23 +81,30 @@ __all__ = [
     "GlobalAvgPool",
     "GlobalSelfAttention",
     "GlobalSumPool",
+    "Graphs",
     "Hermite",
     "Identity",
+    "ImageResize",
+    "Index",
     "Layer",
     "LayerNorm",
     "LayerSpecError",
     "LeakyReLU",
+    "Masked",
     "Monomial",
     "Parallel",
     "Polynomial",
     "RBF",
     "ReLU",
     "RectifiedMonomial",
+    "Recurrent",
     "Serial",
     "SigmoidLike",
     "Sign",
     "Sin",
     "SumPool",
+    "graph_context",
+    "mask_context",
     "parallel",
     "repeat",
     "serial",

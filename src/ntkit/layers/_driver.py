@@ -21,7 +21,9 @@ import torch
 
 from ntkit._host import retained_heap, run_parallel
 from ntkit.kernel import Kernel
-from ntkit.layers._planner import parse_get, plan_tiles, prepare, tile_ranges
+from ntkit.layers._autograd import differentiable_kernel, needs_grad
+from ntkit.layers._finite import check_finite_kernel, check_input_scale
+from ntkit.layers._planner import KernelProblem, parse_get, plan_tiles, prepare, tile_ranges
 from ntkit.layers._sink import MemorySink
 from ntkit.layers._tile import kernel_tile
 from ntkit.settings import parallel_tiles_enabled
@@ -39,13 +41,44 @@ def compute_kernel(
     max_memory: int | None = None,
 ) -> Kernel:
     """Evaluate ``net``'s infinite-width kernel between ``x1`` and ``x2``; see ``Layer.kernel``."""
+    if needs_grad(net, x1, x2):  # autograd: tiled forward, tile-wise recomputing backward
+        return differentiable_kernel(
+            compute_kernel, net, x1, x2, get=get, dtype=dtype, max_memory=max_memory
+        )
     problem = prepare(net, x1, x2, get=get, dtype=dtype, max_memory=max_memory)
-    plan = plan_tiles(problem, workers=default_workers(problem.device))
-    sink = MemorySink(problem)
+    return run_problem(net, problem)
+
+
+def run_problem(
+    net, problem: KernelProblem, *, workers: int | None = None, into: dict | None = None
+) -> Kernel:
+    """Compute a prepared problem in memory: plan, tiles (threads on CPU), sink.
+
+    Args:
+        net: The layer description ``problem`` was prepared for.
+        problem: From :func:`._planner.prepare`.
+        workers: Tiles computed concurrently (default: one per torch thread on CPU).
+        into: Write the result into these tensors (views of a larger result) instead of
+            allocating it; see :class:`._sink.MemorySink`.
+    """
+    check_input_scale(problem.x1, "x1")
+    if not problem.symmetric:
+        check_input_scale(problem.x2, "x2")
+    workers = default_workers(problem.device) if workers is None else int(workers)
+    plan = plan_tiles(problem, workers=workers)
+    sink = MemorySink(problem, into=into)
     x1, x2, layout = problem.x1, problem.x2, problem.layout
 
     def tile(a0, a1, j0, j1):
-        block = kernel_tile(net, x1[a0:a1], x2[j0:j1], layout, shift=a0 - j0)
+        patterns = None
+        if problem.pattern1 is not None:
+            patterns = (problem.pattern1[a0:a1], problem.pattern2[j0:j1])
+        masks = None
+        if problem.mask1 is not None:
+            masks = (problem.mask1[a0:a1], problem.mask2[j0:j1])
+        block = kernel_tile(
+            net, x1[a0:a1], x2[j0:j1], layout, shift=a0 - j0, patterns=patterns, masks=masks
+        )
         sink.write(a0, a1, j0, j1, block)
 
     tiles = tile_ranges(problem.n1, problem.n2, plan, problem.symmetric)
@@ -56,7 +89,9 @@ def compute_kernel(
                 tile(*t)
         else:
             run_parallel(tile, tiles, workers)
-    return sink.result()
+    result = sink.result()
+    check_finite_kernel(net, result, problem.x1, problem.x2, problem.layout)
+    return result
 
 
 def default_workers(device: torch.device) -> int:

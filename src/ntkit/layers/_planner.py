@@ -27,7 +27,9 @@ from ntkit.errors import LayerSpecError
 from ntkit.kernel import Kernel
 from ntkit.layers._footprint import Footprint, recording
 from ntkit.layers._tile import TileLayout, input_covariance, input_kernel, input_variances
-from ntkit.settings import default_kernel_dtype, default_max_memory, format_bytes
+from ntkit.layers.graph import split_graphs
+from ntkit.layers.masking import split_masked
+from ntkit.settings import default_kernel_dtype, format_bytes, resolve_max_memory
 
 #: Tile size (kernel entries) for the layer chain on CPU: 2 MiB float64 arrays, cache-sized.
 CPU_TILE_ENTRIES = 2**18
@@ -63,6 +65,10 @@ class KernelProblem:
         footprints: Working memory per pair of every layer, from the probe run.
         itemsize: Bytes per entry.
         budget: Memory budget in bytes.
+        pattern1: Dense adjacency of ``x1``'s graphs (graph inputs), else ``None``.
+        pattern2: Likewise for ``x2`` (the same tensor as ``pattern1`` when symmetric).
+        mask1: Masks of real positions of ``x1`` (masked inputs), else ``None``.
+        mask2: Likewise for ``x2``.
     """
 
     x1: torch.Tensor
@@ -75,6 +81,10 @@ class KernelProblem:
     footprints: tuple[Footprint, ...]
     itemsize: int
     budget: int
+    pattern1: torch.Tensor | None = None
+    pattern2: torch.Tensor | None = None
+    mask1: torch.Tensor | None = None
+    mask2: torch.Tensor | None = None
 
     @property
     def n1(self) -> int:
@@ -109,8 +119,24 @@ def prepare(
     get=("nngp", "ntk"),
     dtype: torch.dtype | None = None,
     max_memory: int | None = None,
+    same_batch: bool | None = None,
+    checked: bool = False,
 ) -> KernelProblem:
     """Validate the inputs and the description; probe one pair.
+
+    Args:
+        net: The layer description.
+        x1: ``(n1, *in_shape)`` inputs.
+        x2: ``(n2, *in_shape)`` inputs, or ``None`` for ``x2 = x1``.
+        get: ``"nngp"``, ``"ntk"`` or both.
+        dtype: Arithmetic dtype (float64 by default).
+        max_memory: Budget in bytes (default: a fraction of the available memory).
+        same_batch: Whether an explicit ``x2`` is the batch ``x1`` itself (its samples
+            pair with themselves on the diagonal). ``None`` (the default) decides by
+            equality, as ``net.kernel`` does; a tiler passes ``False`` for blocks of
+            different samples that happen to be equal.
+        checked: ``x1``/``x2`` are tensors already converted to ``dtype`` and validated
+            (a tiler's slices of validated inputs): skip the conversion and the NaN scan.
 
     Raises:
         ValueError: bad inputs, a network that cannot be evaluated, or a budget that cannot
@@ -121,13 +147,42 @@ def prepare(
     dtype = default_kernel_dtype() if dtype is None else dtype
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating dtype; got {dtype}.")
-    x1 = as_batch(x1, "x1", dtype=dtype)
+    x1, m1 = split_masked(x1, "x1")
+    x2, m2 = split_masked(x2, "x2") if x2 is not None else (None, m1)
+    if (m1 is None) != (m2 is None):
+        raise TypeError("x1 and x2 must both be ntkit.layers.Masked, or neither.")
+    x1, p1 = split_graphs(x1, "x1", dtype)
+    x2, p2 = split_graphs(x2, "x2", dtype) if x2 is not None else (None, p1)
+    if (p1 is None) != (p2 is None):
+        raise TypeError("x1 and x2 must both be ntkit.layers.Graphs, or neither.")
     explicit_x2 = x2 is not None
-    if explicit_x2:
-        x2 = as_batch(x2, "x2", dtype=dtype, device=None)
-        check_same_features(x1, x2)
-    symmetric = (not explicit_x2) or x2 is x1 or (x2.shape == x1.shape and torch.equal(x1, x2))
+    if not checked:
+        x1 = as_batch(x1, "x1", dtype=dtype)
+        if explicit_x2:
+            x2 = as_batch(x2, "x2", dtype=dtype, device=None)
+            check_same_features(x1, x2)
+    if not explicit_x2:
+        symmetric = True
+    elif same_batch is None:
+        symmetric = x2 is x1 or (x2.shape == x1.shape and torch.equal(x1, x2))
+    else:
+        symmetric = bool(same_batch)
+        if symmetric and x2.shape != x1.shape:
+            raise ValueError(
+                f"same_batch=True needs x2 shaped like x1; got {tuple(x1.shape)} and "
+                f"{tuple(x2.shape)}."
+            )
+    if symmetric and p1 is not None and p2 is not p1:
+        symmetric = p2.shape == p1.shape and torch.equal(p1, p2.to(p1.device))
+    if symmetric and m1 is not None and m2 is not m1:
+        symmetric = m2.shape == m1.shape and torch.equal(m1, m2.to(m1.device))
     x2 = x1 if symmetric else x2
+    if m1 is not None:
+        m1 = m1.to(x1.device)
+        m2 = m1 if symmetric else m2.to(x1.device)
+    if p1 is not None:
+        p1 = p1.to(x1.device)
+        p2 = p1 if symmetric else p2.to(x1.device)
 
     in_shape = tuple(x1.shape[1:])
     out_shape = net.out_shape(in_shape)
@@ -143,7 +198,7 @@ def prepare(
     layout = TileLayout(in_shape, diagonal_spatial, want_ntk, symmetric)
 
     itemsize = torch.finfo(dtype).bits // 8
-    budget = default_max_memory(x1.device) if max_memory is None else int(max_memory)
+    budget = resolve_max_memory(max_memory, x1.device)
     check_one_pair_fits(x1, diagonal_spatial, want_ntk, itemsize, budget)
 
     # Probe one pair: validates the description and records working memory per pair.
@@ -155,6 +210,8 @@ def prepare(
             TileLayout(in_shape, diagonal_spatial, want_ntk, False),
             x1_is_x2=False,
             shift=0,
+            patterns=None if p1 is None else (p1[:1], p2[:1]),
+            masks=None if m1 is None else (m1[:1], m2[:1]),
         )
         probe = net.apply_kernel(probe_in)
     if isinstance(probe, list):
@@ -170,6 +227,10 @@ def prepare(
         footprints=tuple(footprints),
         itemsize=itemsize,
         budget=budget,
+        pattern1=p1,
+        pattern2=p2,
+        mask1=m1,
+        mask2=m2,
     )
 
 

@@ -24,18 +24,38 @@ class MemorySink:
     result is exactly symmetric.
     """
 
-    def __init__(self, problem: KernelProblem):
+    def __init__(self, problem: KernelProblem, *, into: dict | None = None):
+        """Allocate the outputs, or write into ``into`` (tensors or views of a larger result).
+
+        Args:
+            problem: The prepared computation.
+            into: Optional ``{"nngp", "ntk", "cov1", "cov2"}`` tensors of the result's
+                shapes (``ntk``/``cov2`` may be ``None`` when not computed), and optionally
+                ``"mirror_nngp"``/``"mirror_ntk"``: ``(n2, n1, ...)`` views where each block
+                is also written transposed (an off-diagonal tile of a symmetric matrix).
+        """
         probe, dtype, device = problem.probe, problem.dtype, problem.device
         n1, n2 = problem.n1, problem.n2
         self.problem = problem
-        self.nngp = torch.empty((n1, n2, *probe.nngp.shape[2:]), dtype=dtype, device=device)
-        self.ntk = torch.empty_like(self.nngp) if problem.want_ntk else None
-        self.cov1 = torch.empty((n1, *probe.cov1.shape[1:]), dtype=dtype, device=device)
-        self.cov2 = (
-            None
-            if problem.symmetric
-            else torch.empty((n2, *probe.cov1.shape[1:]), dtype=dtype, device=device)
-        )
+        into = {} if into is None else into
+        self._mirrors = [
+            (name, into[f"mirror_{name}"])
+            for name in ("nngp", "ntk")
+            if into.get(f"mirror_{name}") is not None and not problem.symmetric
+        ]
+        if into:
+            self.nngp, self.ntk = into["nngp"], into.get("ntk") if problem.want_ntk else None
+            self.cov1 = into["cov1"]
+            self.cov2 = None if problem.symmetric else into["cov2"]
+        else:
+            self.nngp = torch.empty((n1, n2, *probe.nngp.shape[2:]), dtype=dtype, device=device)
+            self.ntk = torch.empty_like(self.nngp) if problem.want_ntk else None
+            self.cov1 = torch.empty((n1, *probe.cov1.shape[1:]), dtype=dtype, device=device)
+            self.cov2 = (
+                None
+                if problem.symmetric
+                else torch.empty((n2, *probe.cov1.shape[1:]), dtype=dtype, device=device)
+            )
         self._n_spatial = n_spatial(probe)
         self._diagonal = probe.diagonal_spatial
 
@@ -58,6 +78,8 @@ class MemorySink:
                     square.copy_((square + self._transpose(square)) / 2)
         elif a0 == 0:
             self.cov2[j0:j1] = block.cov2
+        for name, dst in self._mirrors:
+            dst[j0:j1, a0:a1] = self._transpose(getattr(block, name))
 
     def _pairs(self, block: Kernel):
         yield block.nngp, self.nngp
@@ -78,4 +100,8 @@ class MemorySink:
             cov2=(self.cov1 if problem.explicit_x2 else None) if symmetric else self.cov2,
             x1_is_x2=symmetric,
             pair_shift=0,
+            pattern1=None,
+            pattern2=None,
+            mask1=None,
+            mask2=None,
         )

@@ -71,8 +71,22 @@ def input_covariance(x1: torch.Tensor, x2: torch.Tensor, diagonal_spatial: bool)
     return torch.einsum(f"ic{a},jc{b}->ij{out}", x1, x2).div_(channels)
 
 
-def input_kernel(nngp, cov1, cov2, layout: TileLayout, *, x1_is_x2: bool, shift: int) -> Kernel:
-    """The kernel entering the first layer: input covariances, zero NTK."""
+def input_kernel(
+    nngp,
+    cov1,
+    cov2,
+    layout: TileLayout,
+    *,
+    x1_is_x2: bool,
+    shift: int,
+    patterns=None,
+    masks=None,
+) -> Kernel:
+    """The kernel entering the first layer: input covariances, zero NTK.
+
+    ``patterns``: ``(rows' adjacency, columns' adjacency)`` for graph inputs, or ``None``;
+    ``masks``: ``(rows' masks, columns' masks)`` for masked inputs, or ``None``.
+    """
     return Kernel(
         nngp=nngp,
         ntk=torch.zeros_like(nngp) if layout.want_ntk else None,
@@ -84,6 +98,10 @@ def input_kernel(nngp, cov1, cov2, layout: TileLayout, *, x1_is_x2: bool, shift:
         diagonal_spatial=layout.diagonal_spatial,
         x1_is_x2=x1_is_x2,
         pair_shift=shift,
+        pattern1=None if patterns is None else patterns[0],
+        pattern2=None if patterns is None else patterns[1],
+        mask1=None if masks is None else masks[0],
+        mask2=None if masks is None else masks[1],
     )
 
 
@@ -94,6 +112,8 @@ def kernel_tile(
     layout: TileLayout,
     *,
     shift: int = 0,
+    patterns=None,
+    masks=None,
 ):
     """The kernel of one block of pairs: rows ``x1_rows`` against columns ``x2_cols``.
 
@@ -105,6 +125,8 @@ def kernel_tile(
         shift: ``a0 - j0``. With ``layout.symmetric`` and ``shift == 0`` the block starts on
             the diagonal: ``x2_cols[:r]`` is ``x1_rows``, and that square is made exactly
             symmetric with the exact variances on its diagonal.
+        patterns: For graph inputs, the adjacency of the rows and of the columns.
+        masks: For masked inputs, the masks of the rows and of the columns.
 
     Returns:
         The :class:`~ntkit.Kernel` of the block (``nngp``: ``(r, c, ...)``; ``cov1``: the
@@ -119,7 +141,16 @@ def kernel_tile(
         _fix_diagonal_square(block, var_rows, n_sp_in=x1_rows.ndim - 2, diagonal_spatial=ds)
     else:
         var_cols = input_variances(x2_cols, ds)
-    k_in = input_kernel(block, var_rows, var_cols, layout, x1_is_x2=layout.symmetric, shift=shift)
+    k_in = input_kernel(
+        block,
+        var_rows,
+        var_cols,
+        layout,
+        x1_is_x2=layout.symmetric,
+        shift=shift,
+        patterns=patterns,
+        masks=masks,
+    )
     del block
     with paused():  # tiles never add to a caller's footprint recording
         return net.apply_kernel(k_in)

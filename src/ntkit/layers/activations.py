@@ -21,6 +21,14 @@ import torch
 
 from ntkit.errors import LayerSpecError
 from ntkit.kernel import Kernel
+from ntkit.layers import _gauss
+from ntkit.layers._params import (
+    hyperparameter,
+    safe_sqrt,
+    straight_clamp,
+    tracks_grad,
+    value_of,
+)
 from ntkit.layers._spatial import pair_variances, self_variances
 from ntkit.layers.base import Layer, Shape, single_stream
 from ntkit.layers.modules import ElementwiseModule
@@ -121,12 +129,43 @@ def _sine_gap(q12, q11, q22):
     """
     # No fused multiply-add here: with q11 = q22 = q12 both products round identically and
     # the gap is exactly 0 (theta = 0), which an FMA would turn into sqrt(eps) noise.
+    if _product_out_of_range(q11, q22):
+        # q11 q22 would underflow or overflow (inputs scaled by 1e-100 or 1e100): the same
+        # formula on the pair's values divided by their larger variance, times it
+        m = torch.maximum(q11, q22)
+        m = torch.where(m > 0, m, torch.ones_like(m))
+        a, b, c = q11 / m, q22 / m, q12 / m
+        gap = safe_sqrt((a * b - c * c).clamp_min(0.0)) * m
+        theta = torch.atan2(gap, q12)
+        degenerate = ((q11 == 0) | (q22 == 0)).expand_as(theta)
+        return gap, theta.masked_fill(degenerate, math.pi / 2.0)
+    if tracks_grad(q12, q11, q22):
+        # Differentiable: the gap's derivative at 0 is taken along the perfectly correlated
+        # manifold (0), and degenerate pairs get a constant angle with a finite derivative.
+        gap = safe_sqrt((q11 * q22 - q12 * q12).clamp_min(0.0))
+        degenerate = q11 * q22 == 0
+        if bool(degenerate.any()):
+            degenerate = degenerate.expand_as(gap)
+            theta = torch.atan2(gap, torch.where(degenerate, 1.0, q12))
+            return gap, theta.masked_fill(degenerate, math.pi / 2.0)
+        return gap, torch.atan2(gap, q12)
     gap = (q11 * q22).sub_(q12 * q12).clamp_min_(0.0).sqrt_()
     theta = torch.atan2(gap, q12)
     if bool((q11 == 0).any()) or bool((q22 == 0).any()):
         degenerate = (q11 * q22 == 0).expand_as(theta)
         theta = theta.masked_fill_(degenerate, math.pi / 2.0)
     return gap, theta
+
+
+def _product_out_of_range(q11, q22) -> bool:
+    """Whether ``q11 * q22`` underflows or overflows for some pair (nonzero variances)."""
+    info = torch.finfo(q11.dtype)
+    q11, q22 = q11.detach(), q22.detach()
+    lo = float(torch.where(q11 > 0, q11, math.inf).min()) * float(
+        torch.where(q22 > 0, q22, math.inf).min()
+    )
+    hi = float(q11.max()) * float(q22.max())
+    return (lo < info.tiny * 2**60 and lo != math.inf) or hi > info.max / 2**60
 
 
 # ----------------------------------------------------------------------------- ReLU family
@@ -143,12 +182,12 @@ class ABReLU(Activation):
     """
 
     def __init__(self, a: float, b: float):
-        self.a = float(a)
-        self.b = float(b)
+        self.a = hyperparameter(a, f"{type(self).__name__} a")
+        self.b = hyperparameter(b, f"{type(self).__name__} b")
 
     @property
     def odd(self) -> bool:  # a linear map
-        return self.a == self.b
+        return value_of(self.a) == value_of(self.b)
 
     def fn(self, x):
         return self.a * torch.clamp(x, max=0) + self.b * torch.clamp(x, min=0)
@@ -156,13 +195,91 @@ class ABReLU(Activation):
     def expectations(self, q12, q11, q22, need_dot):
         f = (self.a - self.b) ** 2 / _TWO_PI
         half_sq = (self.a**2 + self.b**2) / 2.0
+        if tracks_grad(q12, q11, q22, f, half_sq):
+            nngp, dot = _ArcCosine.apply(q12, q11, q22, f, half_sq)
+            return nngp, (dot if need_dot else None)
         gap, theta = _sine_gap(q12, q11, q22)
         dot = theta.mul_(-f).add_(half_sq)
         nngp = torch.addcmul(gap.mul_(f), dot, q12)
         return nngp, (dot if need_dot else None)
 
     def __repr__(self):
-        return f"ABReLU(a={self.a}, b={self.b})"
+        return f"ABReLU(a={value_of(self.a)}, b={value_of(self.b)})"
+
+
+class _ArcCosine(torch.autograd.Function):
+    """``ABReLU``'s expectations with an analytic backward (cheaper than autograd's graph).
+
+    ``nngp = f S + dot q12`` and ``dot = h - f theta`` with ``S`` the sine gap and
+    ``theta = atan2(S, q12)``. Derivatives: ``d nngp/d q12 = dot`` (Price's theorem),
+    ``d nngp/d q11 = f S / (2 q11)``, ``d dot/d q12 = f / S``,
+    ``d dot/d q11 = -f q12 / (2 q11 S)`` (and likewise for ``q22``). Where ``S = 0`` the
+    arguments are perfectly correlated and the terms in ``1/S`` are taken along that manifold
+    (0), as in :func:`_sine_gap`.
+    """
+
+    @staticmethod
+    def forward(ctx, q12, q11, q22, f, h):
+        gap, theta = _sine_gap(q12, q11, q22)
+        dot = h - f * theta
+        nngp = f * gap + dot * q12
+        ctx.save_for_backward(q12, q11, q22, gap, theta, dot)
+        ctx.save_for_forward(q12, q11, q22, gap, theta, dot)
+        ctx.f = f
+        ctx.shapes = (q12.shape, q11.shape, q22.shape)
+        ctx.tensor_params = (isinstance(f, torch.Tensor), isinstance(h, torch.Tensor))
+        return nngp, dot
+
+    @staticmethod
+    def jvp(ctx, t12, t11, t22, tf, th):
+        """Forward mode (dual tensors): the partial derivatives above times the tangents."""
+        q12, q11, q22, gap, theta, dot = ctx.saved_tensors
+        f = ctx.f.detach() if isinstance(ctx.f, torch.Tensor) else ctx.f
+        positive = gap > 0
+        inv_gap = torch.where(positive, 1.0 / torch.where(positive, gap, 1.0), 0.0)
+        d_nngp = torch.zeros_like(dot)
+        d_dot = torch.zeros_like(dot)
+        if t12 is not None:
+            d_nngp = d_nngp + dot * t12
+            d_dot = d_dot + f * inv_gap * t12
+        for t, q in ((t11, q11), (t22, q22)):
+            if t is not None:
+                inv_q = 1.0 / torch.where(q > 0, q, 1.0)
+                d_nngp = d_nngp + (f / 2.0) * gap * inv_q * t
+                d_dot = d_dot - (f / 2.0) * q12 * inv_gap * inv_q * t
+        if isinstance(tf, torch.Tensor):
+            d_nngp = d_nngp + (gap - theta * q12) * tf
+            d_dot = d_dot - theta * tf
+        if isinstance(th, torch.Tensor):
+            d_nngp = d_nngp + q12 * th
+            d_dot = d_dot + th
+        return d_nngp, d_dot
+
+    @staticmethod
+    def backward(ctx, g_nngp, g_dot):
+        q12, q11, q22, gap, theta, dot = ctx.saved_tensors
+        f = ctx.f
+        if isinstance(f, torch.Tensor):
+            f = f.detach()
+        s12, s11, s22 = ctx.shapes
+        g_nngp = torch.zeros_like(dot) if g_nngp is None else g_nngp
+        g_dot = torch.zeros_like(dot) if g_dot is None else g_dot
+        positive = gap > 0
+        inv_gap = torch.where(positive, 1.0 / torch.where(positive, gap, 1.0), 0.0)
+        g12 = g_nngp * dot + g_dot * f * inv_gap
+        # f (gN S^2 - gD q12) / (2 S) / q_ii, zero where S = 0
+        common = (g_nngp * gap - g_dot * q12 * inv_gap) * (f / 2.0)
+        g11 = g22 = None
+        if ctx.needs_input_grad[1]:
+            g11 = (common / torch.where(q11 > 0, q11, 1.0)).sum_to_size(s11)
+        if ctx.needs_input_grad[2]:
+            g22 = (common / torch.where(q22 > 0, q22, 1.0)).sum_to_size(s22)
+        gf = gh = None
+        if ctx.tensor_params[0] and ctx.needs_input_grad[3]:
+            gf = (g_nngp * (gap - theta * q12) - g_dot * theta).sum()
+        if ctx.tensor_params[1] and ctx.needs_input_grad[4]:
+            gh = (g_nngp * q12 + g_dot).sum()
+        return g12.sum_to_size(s12), g11, g22, gf, gh
 
 
 class ReLU(ABReLU):
@@ -193,16 +310,16 @@ class LeakyReLU(ABReLU):
 
     def __init__(self, alpha: float = 0.01):
         super().__init__(alpha, 1.0)
-        self.alpha = float(alpha)
+        self.alpha = self.a
 
     def fn(self, x):
-        return torch.nn.functional.leaky_relu(x, self.alpha)
+        return torch.nn.functional.leaky_relu(x, value_of(self.alpha))
 
     def build_module(self, in_shape, generator):
-        return torch.nn.LeakyReLU(self.alpha)
+        return torch.nn.LeakyReLU(value_of(self.alpha))
 
     def __repr__(self):
-        return f"LeakyReLU(alpha={self.alpha})"
+        return f"LeakyReLU(alpha={value_of(self.alpha)})"
 
 
 class Abs(ABReLU):
@@ -223,11 +340,14 @@ class _ScaledShifted(Activation):
     """Activations ``a * g(b * x + ...) + ...`` with parameters ``a, b, c`` and odd ``g``."""
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
-        self.a, self.b, self.c = float(a), float(b), float(c)
+        who = type(self).__name__
+        self.a = hyperparameter(a, f"{who} a")
+        self.b = hyperparameter(b, f"{who} b")
+        self.c = hyperparameter(c, f"{who} c")
 
     @property
     def odd(self) -> bool:
-        return self.c == 0.0
+        return value_of(self.c) == 0.0
 
 
 class Erf(_ScaledShifted):
@@ -242,10 +362,27 @@ class Erf(_ScaledShifted):
 
     def expectations(self, q12, q11, q22, need_dot):
         b2 = self.b**2
-        s12 = q12 * b2
-        prod = (1.0 + 2.0 * b2 * q11) * (1.0 + 2.0 * b2 * q22)
-        denom = torch.addcmul(prod, s12, s12, value=-4.0).clamp_min_(0.0).sqrt_()
-        nngp = torch.atan2(2.0 * s12, denom).mul_(self.a**2 * 2.0 / math.pi)
+        scale = 2.0 * value_of(b2) * max(float(q11.detach().max()), float(q22.detach().max()))
+        if scale * scale > torch.finfo(q12.dtype).max / 2**60:
+            return self._scaled_expectations(q12, q11, q22, need_dot)
+        # D^2 = (1 + 2 b^2 q11)(1 + 2 b^2 q22) - 4 b^4 q12^2, written as
+        # 1 + 2 b^2 (q11 + q22) + 4 b^4 (q11 q22 - q12^2): no cancellation of the large terms
+        # at large variances, and exactly 1 + 4 b^2 q on the diagonal (q11 = q22 = q12 = q)
+        if tracks_grad(q12, q11, q22, self.a, self.b, self.c):
+            gap = (q11 * q22 - q12 * q12).clamp_min(0.0)
+            denom = (1.0 + 2.0 * b2 * (q11 + q22) + 4.0 * b2 * b2 * gap).sqrt()
+            nngp = torch.atan2(2.0 * b2 * q12, denom) * (self.a**2 * 2.0 / math.pi) + self.c**2
+            dot = self.a**2 * b2 * (4.0 / math.pi) / denom if need_dot else None
+            return nngp, dot
+        gap = (q11 * q22).sub_(q12 * q12).clamp_min_(0.0).mul_(4.0 * b2 * b2)
+        denom = gap.add_(q11 + q22, alpha=2.0 * value_of(b2)).add_(1.0).sqrt_()
+        if isinstance(b2, torch.Tensor):  # alpha must be a number; redo with the tensor
+            denom = (
+                1.0
+                + 2.0 * b2 * (q11 + q22)
+                + 4.0 * b2 * b2 * (q11 * q22 - q12 * q12).clamp_min(0.0)
+            ).sqrt()
+        nngp = torch.atan2(q12 * (2.0 * b2), denom).mul_(self.a**2 * 2.0 / math.pi)
         if self.c:
             nngp.add_(self.c**2)
         dot = None
@@ -253,8 +390,25 @@ class Erf(_ScaledShifted):
             dot = torch.reciprocal(denom).mul_(self.a**2 * b2 * 4.0 / math.pi)
         return nngp, dot
 
+    def _scaled_expectations(self, q12, q11, q22, need_dot):
+        """The same at variances so large that ``(2 b^2 q)^2`` overflows: divided by it.
+
+        Variances of ``1e154`` and more give the sign function's kernel in the limit (not 0).
+        """
+        b2 = self.b**2
+        m = torch.maximum(q11, q22)
+        m = torch.where(m > 0, m, torch.ones_like(m))
+        u = 1.0 / (2.0 * b2 * m)
+        x1, x2, x12 = q11 / m, q22 / m, q12 / m
+        inner = (u * u + u * (x1 + x2) + (x1 * x2 - x12 * x12).clamp_min(0.0)).sqrt()
+        nngp = torch.atan2(x12, inner) * (self.a**2 * 2.0 / math.pi) + self.c**2
+        dot = None
+        if need_dot:
+            dot = (self.a**2 * b2 * (4.0 / math.pi)) / (inner * (2.0 * b2 * m))
+        return nngp, dot
+
     def __repr__(self):
-        return f"Erf(a={self.a}, b={self.b}, c={self.c})"
+        return f"Erf(a={value_of(self.a)}, b={value_of(self.b)}, c={value_of(self.c)})"
 
 
 class GELU(Activation):
@@ -285,6 +439,16 @@ class GELU(Activation):
     def expectations(self, q12, q11, q22, need_dot):
         prod = q11 * q22
         p1 = (1.0 + q11) * (1.0 + q22)
+        if tracks_grad(q12, q11, q22):
+            delta2 = (p1 - q12 * q12).clamp_min(0.0)
+            delta = delta2.sqrt()
+            theta = torch.atan2(q12, delta)
+            nngp = ((q12 * q12 + prod * delta2) / (p1 * delta) + q12 * theta) / _TWO_PI + q12 / 4.0
+            dot = None
+            if need_dot:
+                dot = (1.0 / delta2 + (1.0 - prod) / p1 + 1.0) * q12 / (_TWO_PI * delta)
+                dot = dot + theta / _TWO_PI + 0.25
+            return nngp, dot
         delta2 = torch.addcmul(p1, q12, q12, value=-1.0).clamp_min_(0.0)
         delta = delta2.sqrt()
         theta = torch.atan2(q12, delta)
@@ -314,21 +478,24 @@ class Sin(_ScaledShifted):
         b2 = self.b**2
         half_sum = (q11 + q22) / 2.0
         s_minus = torch.exp(b2 * (q12 - half_sum))
-        s_plus = torch.exp(-b2 * (q12 + half_sum)) * math.cos(2.0 * self.c)
-        nngp = (s_minus - s_plus).mul_(self.a**2 / 2.0)
-        dot = (s_minus + s_plus).mul_(self.a**2 * b2 / 2.0) if need_dot else None
+        two_c = 2.0 * self.c
+        cos_2c = torch.cos(two_c) if isinstance(two_c, torch.Tensor) else math.cos(two_c)
+        s_plus = torch.exp(-b2 * (q12 + half_sum)) * cos_2c
+        nngp = (s_minus - s_plus) * (self.a**2 / 2.0)
+        dot = (s_minus + s_plus) * (self.a**2 * b2 / 2.0) if need_dot else None
         return nngp, dot
 
     def __repr__(self):
-        return f"Sin(a={self.a}, b={self.b}, c={self.c})"
+        return f"Sin(a={value_of(self.a)}, b={value_of(self.b)}, c={value_of(self.c)})"
 
 
 class Cos(Sin):
     """``phi(x) = a * cos(b * x + c)``, i.e. ``Sin(a, b, c + pi/2)``."""
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
+        c = hyperparameter(c, "Cos c")
         super().__init__(a, b, c + math.pi / 2.0)
-        self.c_cos = float(c)
+        self.c_cos = c
 
     odd = False
 
@@ -336,7 +503,7 @@ class Cos(Sin):
         return self.a * torch.cos(self.b * x + self.c_cos)
 
     def __repr__(self):
-        return f"Cos(a={self.a}, b={self.b}, c={self.c_cos})"
+        return f"Cos(a={value_of(self.a)}, b={value_of(self.b)}, c={value_of(self.c_cos)})"
 
 
 class RBF(Activation):
@@ -346,34 +513,36 @@ class RBF(Activation):
     """
 
     def __init__(self, gamma: float = 1.0):
-        self.gamma = float(gamma)
+        # gamma < 0 would give exp(+|gamma| |x1 - x2|^2), which is not positive semi-definite
+        self.gamma = hyperparameter(gamma, "RBF gamma", minimum=0.0, strict_minimum=True)
 
     def fn(self, x):
-        return math.sqrt(2.0) * torch.sin(math.sqrt(2.0 * self.gamma) * x + math.pi / 4.0)
+        return math.sqrt(2.0) * torch.sin((2.0 * self.gamma) ** 0.5 * x + math.pi / 4.0)
 
     def expectations(self, q12, q11, q22, need_dot):
         nngp = torch.exp(self.gamma * (2.0 * q12 - q11 - q22))
         return nngp, (2.0 * self.gamma * nngp if need_dot else None)
 
     def __repr__(self):
-        return f"RBF(gamma={self.gamma})"
+        return f"RBF(gamma={value_of(self.gamma)})"
 
 
 class Exp(Activation):
     """``phi(x) = a * exp(b * x)``: ``E = a^2 exp(b^2 ((q11 + q22)/2 + q12))``, ``dot = b^2 E``."""
 
     def __init__(self, a: float = 1.0, b: float = 1.0):
-        self.a, self.b = float(a), float(b)
+        self.a = hyperparameter(a, "Exp a")
+        self.b = hyperparameter(b, "Exp b")
 
     def fn(self, x):
         return self.a * torch.exp(self.b * x)
 
     def expectations(self, q12, q11, q22, need_dot):
-        nngp = torch.exp(self.b**2 * ((q11 + q22) / 2.0 + q12)).mul_(self.a**2)
+        nngp = torch.exp(self.b**2 * ((q11 + q22) / 2.0 + q12)) * self.a**2
         return nngp, (self.b**2 * nngp if need_dot else None)
 
     def __repr__(self):
-        return f"Exp(a={self.a}, b={self.b})"
+        return f"Exp(a={value_of(self.a)}, b={value_of(self.b)})"
 
 
 class Gaussian(Activation):
@@ -385,30 +554,29 @@ class Gaussian(Activation):
     """
 
     def __init__(self, a: float = 1.0, b: float = -1.0):
-        self.a, self.b = float(a), float(b)
+        self.a = hyperparameter(a, "Gaussian a")
+        self.b = hyperparameter(b, "Gaussian b")
 
     def fn(self, x):
         return self.a * torch.exp(self.b * x * x)
 
     def expectations(self, q12, q11, q22, need_dot):
         b = self.b
-        det = torch.addcmul(
-            (1.0 - 2.0 * b * q11) * (1.0 - 2.0 * b * q22), q12, q12, value=-4 * b * b
-        )
-        if b > 0 and not bool((det > 0).all()):
+        det = (1.0 - 2.0 * b * q11) * (1.0 - 2.0 * b * q22) - 4.0 * b * b * q12 * q12
+        if value_of(b) > 0 and not bool((det > 0).all()):
             raise LayerSpecError(
                 f"{self!r}: E[exp(b u^2) exp(b v^2)] is infinite for these variances "
                 "(need 2 b q < 1); lower b or the input scale."
             )
         root = det.sqrt()
-        nngp = torch.reciprocal(root).mul_(self.a**2)
+        nngp = torch.reciprocal(root) * self.a**2
         dot = None
         if need_dot:
             dot = q12 / (det * root) * (4.0 * self.a**2 * b * b)
         return nngp, dot
 
     def __repr__(self):
-        return f"Gaussian(a={self.a}, b={self.b})"
+        return f"Gaussian(a={value_of(self.a)}, b={value_of(self.b)})"
 
 
 class Sign(Activation):
@@ -425,7 +593,10 @@ class Sign(Activation):
 
     def expectations(self, q12, q11, q22, need_dot):
         _gap, theta = _sine_gap(q12, q11, q22)
-        nngp = theta.mul_(-2.0 / math.pi).add_(1.0)
+        if tracks_grad(theta):
+            nngp = 1.0 - (2.0 / math.pi) * theta
+        else:
+            nngp = theta.mul_(-2.0 / math.pi).add_(1.0)
         return nngp, (torch.zeros_like(nngp) if need_dot else None)
 
     def __repr__(self):
@@ -450,11 +621,11 @@ def _polynomial_expectation(coef: np.ndarray, q12, q11, q22):
     and uses ``E[He_a(z1) He_b(z2)] = delta_ab a! rho^a``.
     """
     degree = len(coef) - 1
-    sd1, sd2 = q11.sqrt(), q22.sqrt()
+    sd1, sd2 = safe_sqrt(q11), safe_sqrt(q22)
     norm = sd1 * sd2
     safe = torch.where(norm > 0, norm, torch.ones((), dtype=norm.dtype, device=norm.device))
     rho = torch.where(norm > 0, q12 / safe, torch.zeros((), dtype=q12.dtype, device=q12.device))
-    rho = rho.clamp(-1.0, 1.0)
+    rho = straight_clamp(rho, -1.0, 1.0)
     h = _hermite_coefficients(degree)
     out = None
     for a in range(degree, -1, -1):  # Horner in rho
@@ -576,13 +747,12 @@ class RectifiedMonomial(Activation):
 
     def expectations(self, q12, q11, q22, need_dot):
         n = self.degree
-        prod = q11 * q22
-        norm = prod.sqrt()
+        norm = safe_sqrt(q11) * safe_sqrt(q22)  # no underflow of q11 q22 at tiny scales
         gap, theta = _sine_gap(q12, q11, q22)
         positive = norm > 0
         safe = torch.where(positive, norm, torch.ones((), dtype=norm.dtype, device=norm.device))
-        cos = torch.where(positive, q12 / safe, torch.zeros_like(q12)).clamp_(-1.0, 1.0)
-        sin = torch.where(positive, gap / safe, torch.ones_like(gap)).clamp_(0.0, 1.0)
+        cos = straight_clamp(torch.where(positive, q12 / safe, torch.zeros_like(q12)), -1.0, 1.0)
+        sin = straight_clamp(torch.where(positive, gap / safe, torch.ones_like(gap)), 0.0, 1.0)
         nngp = _rectified_monomial_angle_part(n, cos, sin, theta) * norm**n
         dot = None
         if need_dot:
@@ -600,21 +770,39 @@ class RectifiedMonomial(Activation):
 
 # ----------------------------------------------------------------------------- any function
 class Elementwise(Activation):
-    """Any elementwise nonlinearity, by formula or by Gauss-Hermite quadrature.
+    """Any elementwise nonlinearity, by formula or by Gaussian quadrature to a tolerance.
 
     - With ``nngp_fn(q12, q11, q22) -> E[phi(u) phi(v)]`` the kernel uses it; ``dot_fn`` with
       the same signature gives ``E[phi' phi']`` and defaults to ``d nngp_fn / d q12`` by
       autograd (Price's theorem).
-    - Otherwise ``fn`` must be a torch-expressible elementwise function; both expectations
-      are computed by 2-D Gauss-Hermite quadrature with ``degree`` nodes per axis, the
-      derivative ``phi'`` by autograd. Quadrature converges fast for smooth ``phi`` and
-      slowly for kinks (prefer the closed-form classes there).
+    - Otherwise ``fn`` must be a torch-expressible elementwise function, and both
+      expectations (``phi' `` by autograd) are computed to the relative tolerance ``rtol``:
+      ``|error| <= rtol * sqrt(E[phi(u)^2] E[phi(v)^2])`` for every pre-activation variance in
+      ``[1e-6, 1e6]`` and every correlation in ``[-1, 1]`` (outside that variance range, or
+      where the tolerance cannot be reached, the kernel raises ``ValueError``).
+
+    Method (:mod:`ntkit.layers._gauss`): Mehler's expansion
+    ``E[phi(u) phi(v)] = sum_k c_k(s1) c_k(s2) rho^k`` in the correlation, with the Hermite
+    coefficients ``c_k(s) = E[phi(s z) He_k(z)] / sqrt(k!)`` tabulated once per layer over
+    ``log10 s`` (piecewise Chebyshev interpolation, checked against direct quadrature) and
+    the series cut where its Cauchy-Schwarz tail bound ``|rho|^(K+1) t_K(s1) t_K(s2)`` (``t_K``
+    the coefficients' remaining energy) is below ``rtol / 2``; pairs whose bound stays above
+    it (correlations near +-1) are integrated directly (1-D at ``|rho| = 1``, nested 2-D
+    otherwise). Every integral is a composite Gauss-Legendre rule whose panels resolve the
+    Gaussian (1/4 standard deviation) and ``phi`` (1/4 on ``[-8, 8]``, and at the
+    ``breakpoints``), computed with 8 and 12 nodes per panel; their difference must stay
+    below the tolerance, otherwise the kernel raises. ``phi`` is assumed to vary on a scale of
+    about 1 or more, with kinks or jumps only at integers in ``[-8, 8]`` or at ``breakpoints``
+    (hardtanh, ReLU6, SELU, step: nothing to declare).
 
     Args:
         fn: The nonlinearity (needed for the finite network and for quadrature).
         nngp_fn: Optional closed form of ``E[phi(u) phi(v)]``.
         dot_fn: Optional closed form of ``E[phi'(u) phi'(v)]``.
-        degree: Quadrature nodes per axis (default 32).
+        rtol: Relative tolerance of the quadrature (default ``1e-8``).
+        breakpoints: Points where ``fn`` or its derivative jumps, if not integers in [-8, 8].
+        degree: Legacy fixed 2-D Gauss-Hermite rule with this many nodes per axis instead
+            (fast, exact for polynomials of degree < 2 degree; no accuracy guarantee).
         odd: Declare ``fn`` odd (lets zero-mean branches stay zero-mean for fan-in rules).
     """
 
@@ -624,7 +812,9 @@ class Elementwise(Activation):
         nngp_fn: Callable | None = None,
         dot_fn: Callable | None = None,
         *,
-        degree: int = 32,
+        rtol: float = 1e-8,
+        breakpoints: Sequence[float] = (),
+        degree: int | None = None,
         odd: bool = False,
     ):
         if fn is None and nngp_fn is None:
@@ -634,11 +824,18 @@ class Elementwise(Activation):
         self._fn = fn
         self.nngp_fn = nngp_fn
         self.dot_fn = dot_fn
-        self.degree = _check_degree(degree, "Elementwise")
-        if self.degree < 1:
+        self.rtol = float(hyperparameter(rtol, "Elementwise rtol", minimum=1e-13, maximum=0.1))
+        self.breakpoints = tuple(
+            float(hyperparameter(b, "Elementwise breakpoints")) for b in breakpoints
+        )
+        self.degree = None if degree is None else _check_degree(degree, "Elementwise")
+        if self.degree is not None and self.degree < 1:
             raise ValueError("Elementwise degree must be at least 1.")
         self.odd = bool(odd)
-        self.memory_factor = 4.0 + 2.0 * self.degree
+        if self.degree is not None:
+            self.memory_factor = 4.0 + 2.0 * self.degree
+        else:
+            self.memory_factor = 24.0
 
     def fn(self, x):
         if self._fn is None:
@@ -646,17 +843,37 @@ class Elementwise(Activation):
         return self._fn(x)
 
     def _derivative(self, x: torch.Tensor) -> torch.Tensor:
+        if tracks_grad(x):  # keep the graph: the kernel is being differentiated
+            y = self._fn(x)
+            if not y.requires_grad:  # piecewise constant (a step): zero almost everywhere
+                return torch.zeros_like(x)
+            (g,) = torch.autograd.grad(y.sum(), x, allow_unused=True, create_graph=True)
+            return torch.zeros_like(x) if g is None else g
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             y = self._fn(x)
+            if not y.requires_grad:
+                return torch.zeros_like(x)
             (g,) = torch.autograd.grad(y.sum(), x, allow_unused=True)
         return torch.zeros_like(x) if g is None else g.detach()
 
     def expectations(self, q12, q11, q22, need_dot):
         if self.nngp_fn is not None:
             return self._closed_form(q12, q11, q22, need_dot)
-        nngp = self._quadrature(self._fn, q12, q11, q22)
-        dot = self._quadrature(self._derivative, q12, q11, q22) if need_dot else None
+        if self.degree is not None:
+            nngp = self._quadrature(self._fn, q12, q11, q22)
+            dot = self._quadrature(self._derivative, q12, q11, q22) if need_dot else None
+            return nngp, dot
+        name = repr(self)
+        tol = self.rtol / 10.0
+        table = _gauss.table_for(self, "_fn_table", self._fn, self.breakpoints, tol, name)
+        nngp = _gauss.expectation(table, table, q12, q11, q22, self.rtol, name)
+        dot = None
+        if need_dot:
+            dtable = _gauss.table_for(
+                self, "_dot_table", self._derivative, self.breakpoints, tol, name
+            )
+            dot = _gauss.expectation(dtable, dtable, q12, q11, q22, self.rtol, name)
         return nngp, dot
 
     def _closed_form(self, q12, q11, q22, need_dot):
@@ -664,6 +881,11 @@ class Elementwise(Activation):
             return self.nngp_fn(q12, q11, q22), None
         if self.dot_fn is not None:
             return self.nngp_fn(q12, q11, q22), self.dot_fn(q12, q11, q22)
+        if tracks_grad(q12, q11, q22):  # keep the graph: the kernel is being differentiated
+            q = q12 if q12.requires_grad else q12.detach().requires_grad_(True)
+            nngp = self.nngp_fn(q, q11, q22)
+            (dot,) = torch.autograd.grad(nngp.sum(), q, create_graph=True)
+            return nngp, dot
         with torch.enable_grad():
             q = q12.detach().requires_grad_(True)
             nngp = self.nngp_fn(q, q11, q22)
@@ -680,11 +902,11 @@ class Elementwise(Activation):
         weights = weights / weights.sum()
         dtype, device = q12.dtype, q12.device
         q12, q11, q22 = torch.broadcast_tensors(q12, q11, q22)
-        sd1 = q11.sqrt()
+        sd1 = safe_sqrt(q11)
         positive = sd1 > 0
         safe = torch.where(positive, sd1, torch.ones((), dtype=dtype, device=device))
         slope = torch.where(positive, q12 / safe, torch.zeros((), dtype=dtype, device=device))
-        resid = (q22 - slope * slope).clamp_min(0.0).sqrt()
+        resid = safe_sqrt((q22 - slope * slope).clamp_min(0.0))
         z = torch.as_tensor(nodes, dtype=dtype, device=device)
         w = torch.as_tensor(weights, dtype=dtype, device=device)
         out = torch.zeros_like(q12)
@@ -692,7 +914,7 @@ class Elementwise(Activation):
         for i in range(self.degree):
             zi = float(z[i])
             inner = phi(slope.unsqueeze(-1) * zi + second) @ w  # sum_j w_j phi(v_ij)
-            out += float(w[i]) * phi(sd1 * zi) * inner
+            out = out + float(w[i]) * phi(sd1 * zi) * inner
         return out
 
     def __repr__(self):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ntkit.kernel import Kernel
+from ntkit.layers._params import hyperparameter, value_of
 from ntkit.layers._spatial import pair_variances, self_variances
 from ntkit.layers.activations import NOT_GAUSSIAN_MESSAGE, Activation, Erf
 from ntkit.layers.base import LayerSpecError, Shape, single_stream
@@ -120,12 +121,9 @@ class ExpNormalized(Activation):
     odd = False
 
     def __init__(self, gamma: float = 1.0, shift: float = -1.0, do_clip: bool = False):
-        gamma, shift = float(gamma), float(shift)
-        if not math.isfinite(gamma) or gamma <= 0:
-            raise ValueError(f"ExpNormalized gamma must be a finite positive number; got {gamma}.")
-        if not math.isfinite(shift):
-            raise ValueError(f"ExpNormalized shift must be finite; got {shift}.")
-        self.gamma, self.shift, self.do_clip = gamma, shift, bool(do_clip)
+        self.gamma = hyperparameter(gamma, "ExpNormalized gamma", minimum=0.0, strict_minimum=True)
+        self.shift = hyperparameter(shift, "ExpNormalized shift")
+        self.do_clip = bool(do_clip)
 
     def out_shape(self, in_shape: Shape) -> Shape:
         return single_stream(self.name, in_shape)
@@ -159,7 +157,10 @@ class ExpNormalized(Activation):
         )
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
-        return ExpNormalizedModule(self.gamma, self.shift)
+        return ExpNormalizedModule(value_of(self.gamma), value_of(self.shift))
 
     def __repr__(self):
-        return f"ExpNormalized(gamma={self.gamma}, shift={self.shift}, do_clip={self.do_clip})"
+        return (
+            f"ExpNormalized(gamma={value_of(self.gamma)}, shift={value_of(self.shift)}, "
+            f"do_clip={self.do_clip})"
+        )

@@ -20,6 +20,7 @@ from torch import nn
 from ntkit.errors import LayerSpecError
 from ntkit.kernel import Kernel
 from ntkit.layers import _init
+from ntkit.layers._params import value_of
 from ntkit.layers._spatial import (
     AxisWindow,
     check_padding,
@@ -279,6 +280,8 @@ class Conv(WindowedLayer):
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
         channels, lengths = spatial_input(repr(self), in_shape)
+        w_std = value_of(self.w_std)
+        b_std = None if self.b_std is None else value_of(self.b_std)
         windows = self._windows(lengths)
         sizes = tuple(w.size for w in windows)
         strides = tuple(w.stride for w in windows)
@@ -287,9 +290,7 @@ class Conv(WindowedLayer):
         fan_in = channels * math.prod(sizes)
         wshape = (self.out_channels, channels, *sizes)
         if self.parameterization == "ntk":
-            mod = ConvNTK(
-                channels, self.out_channels, sizes, strides, pads, circular, self.w_std, self.b_std
-            )
+            mod = ConvNTK(channels, self.out_channels, sizes, strides, pads, circular, w_std, b_std)
             mod.weight.copy_(_init.normal(wshape, generator))
             if mod.bias is not None:
                 mod.bias.copy_(_init.normal((self.out_channels,), generator))
@@ -302,12 +303,12 @@ class Conv(WindowedLayer):
             stride=strides,
             padding=tuple(w.lo for w in windows) if symmetric else 0,
             padding_mode="circular" if circular else "zeros",
-            bias=self.b_std is not None,
+            bias=b_std is not None,
             dtype=torch.float64,
         )
-        conv.weight.copy_(_init.normal(wshape, generator, self.w_std / math.sqrt(fan_in)))
+        conv.weight.copy_(_init.normal(wshape, generator, w_std / math.sqrt(fan_in)))
         if conv.bias is not None:
-            conv.bias.copy_(_init.normal((self.out_channels,), generator, self.b_std))
+            conv.bias.copy_(_init.normal((self.out_channels,), generator, b_std))
         if symmetric:
             return conv
         return nn.Sequential(SpatialPad(pads, circular), conv)
@@ -315,6 +316,7 @@ class Conv(WindowedLayer):
     def __repr__(self) -> str:
         return (
             f"Conv({self.out_channels}, {self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding!r}, w_std={self.w_std}, b_std={self.b_std}, "
+            f"padding={self.padding!r}, w_std={value_of(self.w_std)}, "
+            f"b_std={None if self.b_std is None else value_of(self.b_std)}, "
             f"parameterization={self.parameterization!r})"
         )

@@ -16,6 +16,7 @@ from torch import nn
 
 from ntkit.kernel import Kernel
 from ntkit.layers import _init
+from ntkit.layers._params import value_of
 from ntkit.layers._spatial import check_padding
 from ntkit.layers.base import Shape
 from ntkit.layers.conv import SpatialPad, WindowedLayer, flat_pads, patch_sum, spatial_input
@@ -207,6 +208,8 @@ class ConvLocal(WindowedLayer):
         outs = tuple(w.out for w in windows)
         fan_in = channels * math.prod(sizes)
         ntk = self.parameterization == "ntk"
+        w_std = value_of(self.w_std)
+        b_std = None if self.b_std is None else value_of(self.b_std)
         mod = ConvLocalModule(
             channels,
             self.out_channels,
@@ -215,19 +218,20 @@ class ConvLocal(WindowedLayer):
             outs,
             flat_pads(windows),
             windows[0].circular,
-            self.w_std / math.sqrt(fan_in) if ntk else 1.0,
-            None if self.b_std is None else (self.b_std if ntk else 1.0),
+            w_std / math.sqrt(fan_in) if ntk else 1.0,
+            None if b_std is None else (b_std if ntk else 1.0),
         )
-        w_draw = 1.0 if ntk else self.w_std / math.sqrt(fan_in)
+        w_draw = 1.0 if ntk else w_std / math.sqrt(fan_in)
         mod.weight.copy_(_init.normal(tuple(mod.weight.shape), generator, w_draw))
         if mod.bias is not None:
-            b_draw = 1.0 if ntk else self.b_std
+            b_draw = 1.0 if ntk else b_std
             mod.bias.copy_(_init.normal(tuple(mod.bias.shape), generator, b_draw))
         return mod
 
     def __repr__(self) -> str:
         return (
             f"ConvLocal({self.out_channels}, {self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding!r}, w_std={self.w_std}, b_std={self.b_std}, "
+            f"padding={self.padding!r}, w_std={value_of(self.w_std)}, "
+            f"b_std={None if self.b_std is None else value_of(self.b_std)}, "
             f"parameterization={self.parameterization!r})"
         )

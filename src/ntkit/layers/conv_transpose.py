@@ -37,6 +37,7 @@ from torch import nn
 
 from ntkit.kernel import Kernel
 from ntkit.layers import _init
+from ntkit.layers._params import value_of
 from ntkit.layers._spatial import AxisWindow, as_tuple
 from ntkit.layers.base import Layer, LayerSpecError, Shape
 from ntkit.layers.conv import patch_sum, spatial_input
@@ -297,22 +298,23 @@ class ConvTranspose(Layer):
         folds = [f for _, _, f in geometry]
         fan_in = channels * math.prod(sizes)
         ntk = self.parameterization == "ntk"
-        scale = self.w_std / math.sqrt(fan_in) if ntk else 1.0
-        b_scale = None if self.b_std is None else (self.b_std if ntk else 1.0)
+        w_std = value_of(self.w_std)
+        b_std = None if self.b_std is None else value_of(self.b_std)
+        scale = w_std / math.sqrt(fan_in) if ntk else 1.0
+        b_scale = None if b_std is None else (b_std if ntk else 1.0)
         mod = ConvTransposeModule(
             channels, self.out_channels, sizes, strides, crops, folds, scale, b_scale
         )
-        w_draw = 1.0 if ntk else self.w_std / math.sqrt(fan_in)
+        w_draw = 1.0 if ntk else w_std / math.sqrt(fan_in)
         mod.weight.copy_(_init.normal(tuple(mod.weight.shape), generator, w_draw))
         if mod.bias is not None:
-            mod.bias.copy_(
-                _init.normal((self.out_channels,), generator, 1.0 if ntk else self.b_std)
-            )
+            mod.bias.copy_(_init.normal((self.out_channels,), generator, 1.0 if ntk else b_std))
         return mod
 
     def __repr__(self) -> str:
         return (
             f"ConvTranspose({self.out_channels}, {self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding!r}, w_std={self.w_std}, b_std={self.b_std}, "
+            f"padding={self.padding!r}, w_std={value_of(self.w_std)}, "
+            f"b_std={None if self.b_std is None else value_of(self.b_std)}, "
             f"parameterization={self.parameterization!r})"
         )

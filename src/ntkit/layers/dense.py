@@ -10,6 +10,7 @@ from torch import nn
 from ntkit.errors import LayerSpecError
 from ntkit.kernel import Kernel
 from ntkit.layers import _init
+from ntkit.layers._params import Param, hyperparameter, tracks_grad, value_of
 from ntkit.layers._spatial import location_diagonal
 from ntkit.layers.base import Layer, Shape, single_stream
 from ntkit.layers.modules import DenseNTK
@@ -39,23 +40,22 @@ def check_parameterization(parameterization: str) -> str:
     return parameterization
 
 
-def check_std(value, name: str, allow_none: bool) -> float | None:
-    """Validate a standard deviation argument (finite, >= 0; ``None`` if allowed)."""
-    if value is None:
-        if allow_none:
-            return None
+def check_std(value, name: str, allow_none: bool) -> Param | None:
+    """Validate a standard deviation argument (finite, >= 0; ``None`` if allowed).
+
+    A one-element tensor stays a tensor (with its autograd graph), so kernels can be
+    differentiated with respect to it.
+    """
+    if value is None and not allow_none:
         raise ValueError(f"{name} must be a non-negative number; got None.")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite non-negative number; got {value}.")
-    return value
+    return hyperparameter(value, name, minimum=0.0, allow_none=allow_none)
 
 
 def affine_kernel(
     k: Kernel,
     *,
-    w2: float,
-    b_std: float | None,
+    w2: Param,
+    b_std: Param | None,
     parameterization: str,
     fan_in: int,
     out_shape: tuple[int, ...],
@@ -68,8 +68,18 @@ def affine_kernel(
     ``fan_in q + w2 ntk_in (+ 1 with a bias)`` under standard parameterization, where the
     weights' gradients are not rescaled by ``1/sqrt(fan_in)``. ``k.nngp`` is the (already
     patch-summed) input covariance ``q``. With ``inplace`` the tensors of ``k`` (fresh ones,
-    e.g. Conv's patch sums) are overwritten instead of copied.
+    e.g. Conv's patch sums) are overwritten instead of copied. While autograd records
+    (inputs or parameters that require grad), the map is computed out of place.
     """
+    if tracks_grad(k.nngp, k.ntk, k.cov1, k.cov2, w2, b_std):
+        return _affine_kernel_differentiable(
+            k, w2=w2, b_std=b_std, parameterization=parameterization, fan_in=fan_in
+        ).replace(
+            shape=out_shape,
+            is_gaussian=True,
+            independent=True,
+            decoupled=True,
+        )
     if not inplace:
         k = k.replace(
             nngp=k.nngp.clone(),
@@ -106,6 +116,23 @@ def affine_kernel(
         independent=True,
         decoupled=True,
     )
+
+
+def _affine_kernel_differentiable(k: Kernel, *, w2, b_std, parameterization, fan_in) -> Kernel:
+    """:func:`affine_kernel`'s map without in-place operations (for autograd)."""
+    b2 = 0.0 if b_std is None else b_std**2
+
+    def affine(t):
+        return None if t is None else t * w2 + b2
+
+    nngp = affine(k.nngp)
+    ntk = k.ntk
+    if ntk is not None:
+        if parameterization == "ntk":
+            ntk = ntk * w2 + nngp
+        else:
+            ntk = ntk * w2 + k.nngp * float(fan_in) + (0.0 if b_std is None else 1.0)
+    return k.replace(nngp=nngp, ntk=ntk, cov1=affine(k.cov1), cov2=affine(k.cov2))
 
 
 class Dense(Layer):
@@ -160,22 +187,25 @@ class Dense(Layer):
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
         d = in_shape[0]
+        w_std = value_of(self.w_std)
+        b_std = None if self.b_std is None else value_of(self.b_std)
         shape = (self.out_features, d)
         if self.parameterization == "ntk":
-            mod = DenseNTK(d, self.out_features, self.w_std, self.b_std)
+            mod = DenseNTK(d, self.out_features, w_std, b_std)
             mod.weight.copy_(_init.normal(shape, generator))
             if mod.bias is not None:
                 mod.bias.copy_(_init.normal((self.out_features,), generator))
             return mod
-        mod = nn.Linear(d, self.out_features, bias=self.b_std is not None, dtype=torch.float64)
-        mod.weight.copy_(_init.normal(shape, generator, self.w_std / math.sqrt(d)))
+        mod = nn.Linear(d, self.out_features, bias=b_std is not None, dtype=torch.float64)
+        mod.weight.copy_(_init.normal(shape, generator, w_std / math.sqrt(d)))
         if mod.bias is not None:
-            mod.bias.copy_(_init.normal((self.out_features,), generator, self.b_std))
+            mod.bias.copy_(_init.normal((self.out_features,), generator, b_std))
         return mod
 
     def __repr__(self) -> str:
         return (
-            f"Dense({self.out_features}, w_std={self.w_std}, b_std={self.b_std}, "
+            f"Dense({self.out_features}, w_std={value_of(self.w_std)}, "
+            f"b_std={None if self.b_std is None else value_of(self.b_std)}, "
             f"parameterization={self.parameterization!r})"
         )
 

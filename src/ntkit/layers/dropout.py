@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from ntkit.kernel import Kernel
+from ntkit.layers._params import hyperparameter, value_of
 from ntkit.layers._spatial import location_diagonal, n_spatial
 from ntkit.layers.base import Layer, Shape, single_stream
 
@@ -18,6 +17,11 @@ def _scale_same_location(t: torch.Tensor, factor: float, n_sp: int, diagonal: bo
     """A copy of ``t`` (one leading batch axis) with its same-location entries times ``factor``."""
     if n_sp == 0 or diagonal:
         return t * factor
+    if t.requires_grad and torch.is_grad_enabled():
+        scaled = location_diagonal(t, n_sp, pair=False) * factor
+        out = t.clone()
+        location_diagonal(out, n_sp, pair=False).copy_(scaled)
+        return out
     out = t.clone()
     location_diagonal(out, n_sp, pair=False).mul_(factor)
     return out
@@ -42,13 +46,18 @@ class Dropout(Layer):
     memory_factor = 3.0
 
     def __init__(self, rate: float):
-        rate = float(rate)
-        if not math.isfinite(rate) or not 0.0 <= rate < 1.0:
+        try:
+            self.rate = hyperparameter(rate, "Dropout rate", minimum=0.0, maximum=1.0)
+        except ValueError:
             raise ValueError(
                 f"Dropout rate is the drop probability (torch convention) and must be in "
                 f"[0, 1); got {rate}."
+            ) from None
+        if value_of(self.rate) == 1.0:
+            raise ValueError(
+                "Dropout rate is the drop probability (torch convention) and must be in "
+                "[0, 1); got 1.0."
             )
-        self.rate = rate
 
     def out_shape(self, in_shape: Shape) -> Shape:
         return single_stream("Dropout", in_shape)
@@ -86,7 +95,7 @@ class Dropout(Layer):
         )
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
-        return nn.Dropout(self.rate)
+        return nn.Dropout(value_of(self.rate))
 
     def __repr__(self) -> str:
-        return f"Dropout(rate={self.rate})"
+        return f"Dropout(rate={value_of(self.rate)})"

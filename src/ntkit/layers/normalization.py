@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ntkit.errors import LayerSpecError
 from ntkit.kernel import Kernel
+from ntkit.layers._params import hyperparameter, value_of
 from ntkit.layers._spatial import pair_variances, self_variances
 from ntkit.layers.base import Layer, Shape, single_stream
 
@@ -54,10 +53,7 @@ class LayerNorm(Layer):
     memory_factor = 4.0
 
     def __init__(self, eps: float = 1e-5):
-        eps = float(eps)
-        if not math.isfinite(eps) or eps < 0:
-            raise ValueError(f"LayerNorm eps must be a finite number >= 0; got {eps}.")
-        self.eps = eps
+        self.eps = hyperparameter(eps, "LayerNorm eps", minimum=0.0)
 
     def out_shape(self, in_shape: Shape) -> Shape:
         return single_stream("LayerNorm", in_shape)
@@ -87,7 +83,7 @@ class LayerNorm(Layer):
         )
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
-        return ChannelLayerNorm(self.eps)
+        return ChannelLayerNorm(value_of(self.eps))
 
     def __repr__(self) -> str:
-        return f"LayerNorm(eps={self.eps})"
+        return f"LayerNorm(eps={value_of(self.eps)})"

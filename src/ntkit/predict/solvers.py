@@ -194,14 +194,14 @@ class BlockKernelOperator(KernelOperator):
 
 def kernel_operator(
     net,
-    x1,
+    x1=None,
     x2=None,
     *,
     get: str = "ntk",
     block_size: int | None = None,
     dtype: torch.dtype | None = None,
     max_memory: int | None = None,
-) -> BlockKernelOperator:
+) -> KernelOperator:
     """A matrix-free operator for the infinite-width kernel of an ntkit description.
 
     Example:
@@ -211,7 +211,8 @@ def kernel_operator(
 
     Args:
         net: An :class:`ntkit.layers.Layer` ending in a readout, or ``fn(x1, x2)`` returning
-            an ``ntkit.Kernel`` or a ``(n1, n2)`` tensor.
+            an ``ntkit.Kernel`` or a ``(n1, n2)`` tensor, or a finished
+            :class:`ntkit.tiling.StoredKernel` (read block by block; no ``x1``/``x2``).
         x1: ``(n1, *in_shape)`` inputs (rows).
         x2: ``(n2, *in_shape)`` inputs (columns); ``None`` for the square ``K(x1, x1)``.
         get: ``"ntk"`` or ``"nngp"``, when the function returns an ``ntkit.Kernel``.
@@ -220,10 +221,18 @@ def kernel_operator(
         max_memory: Memory budget passed to ``net.kernel`` for each block.
 
     Returns:
-        A :class:`BlockKernelOperator` of shape ``(n1, n2)``.
+        A :class:`BlockKernelOperator` of shape ``(n1, n2)`` (for a stored kernel, a
+        ``StoreOperator`` reading whole tiles).
     """
     if get not in ("ntk", "nngp"):
         raise ValueError(f"get must be 'ntk' or 'nngp'; got {get!r}.")
+    if hasattr(net, "as_operator"):  # a stored kernel holds its inputs already
+        if x1 is not None or x2 is not None:
+            raise ValueError("a stored kernel already holds its inputs; pass no x1 or x2.")
+        name = get if get in net.names else None
+        return net.as_operator(name, block_size)
+    if x1 is None:
+        raise TypeError("kernel_operator needs x1 (the inputs) for a layer or a function.")
     dtype = torch.float64 if dtype is None else dtype
     x1 = as_float_tensor(x1, "x1", dtype=dtype)
     x2 = None if x2 is None else as_float_tensor(x2, "x2", dtype=dtype, device=x1.device)
@@ -288,6 +297,8 @@ def empirical_ntk_operator(
 def _as_operator(operator) -> KernelOperator:
     if isinstance(operator, KernelOperator):
         return operator
+    if hasattr(operator, "as_operator"):  # a stored kernel (ntkit.tiling.StoredKernel)
+        return operator.as_operator()
     if isinstance(operator, torch.Tensor) or hasattr(operator, "__array__"):
         return DenseOperator(operator)
     raise TypeError(

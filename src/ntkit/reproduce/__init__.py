@@ -9,12 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from ntkit.reproduce import (
+    adversarial_features,
+    complex_ntk,
     curves,
+    label_aware,
     min_eigenvalue,
     ntk_convergence,
+    ntk_evolution_adversarial,
     pntk,
     polynomial,
     sample_then_optimize,
+    super_consistency,
 )
 
 EXPERIMENTS = {
@@ -26,6 +31,11 @@ EXPERIMENTS = {
         curves,
         polynomial,
         sample_then_optimize,
+        super_consistency,
+        ntk_evolution_adversarial,
+        label_aware,
+        complex_ntk,
+        adversarial_features,
     )
 }
 
