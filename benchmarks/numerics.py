@@ -4,7 +4,7 @@ Cases, each in a fresh process (baselines in the same session):
 
 - a depth-3 tanh MLP kernel (NNGP + NTK) at n = 2000 through ``Elementwise(torch.tanh)``
   (tolerance 1e-8; its Hermite table is built once per process, timed separately), against
-  the same network with the closed-form ``Erf`` (issue 9 target: at most 5x);
+  the same network with the closed-form ``Erf`` (target: at most 5x);
 - the gradient of a 500 x 500 FC kernel with respect to the inputs (forward + backward)
   against its forward alone (target: at most 3x).
 

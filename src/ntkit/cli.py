@@ -221,7 +221,7 @@ def report(
         int | None,
         typer.Option(
             help="Most gradient-descent steps of the finite network "
-            "(default 1000; 300 with --quick)."
+            "(default 3000; 300 with --quick)."
         ),
     ] = None,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the split and of finite networks.")] = 0,
@@ -237,7 +237,7 @@ def report(
     digits, or --data), the empirical NTK of the finite network, and writes OUT/report.html:
     kernel heatmaps, spectra and label alignment, kernel regression and GP accuracy, the
     trained finite network against the NTK's prediction, the convergence of empirical to
-    analytic NTKs with width, timings and provenance. About 2 minutes on 2 cores by default.
+    analytic NTKs with width, timings and provenance. One to three minutes on 2 cores.
     """
     from rich.console import Console
 
