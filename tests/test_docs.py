@@ -70,3 +70,25 @@ def test_doc_block_runs(path, start, source, tmp_path, monkeypatch):
         import matplotlib.pyplot as plt
 
         plt.close("all")
+
+
+_OUTSIDE = re.compile(
+    r"formula F\d|formulas? sheet|\(F\d\)|papers\.md|formulas\.md|DESIGN\.md|issue \d+|/work/"
+)
+
+
+def test_nothing_points_outside_the_repository():
+    # the formula sheet, paper list, design notes and issue tracker of the project's
+    # development are not part of the repository: users must not be sent there
+    files = [
+        *DOCS,
+        *sorted((ROOT / "src").rglob("*.py")),
+        *sorted((ROOT / "benchmarks").rglob("*.py")),
+    ]
+    hits = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in files
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if _OUTSIDE.search(line)
+    ]
+    assert hits == []
