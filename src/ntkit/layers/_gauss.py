@@ -186,10 +186,18 @@ class HermiteTable:
         d = torch.where(d == 0, torch.full_like(d, 1e-300), d)
         wts = bary / d
         wts = wts / wts.sum(-1, keepdim=True)  # (..., m)
-        coef = self.coef.to(sd.device, sd.dtype)[seg]  # (..., m, K+1)
-        energy = self.energy.to(sd.device, sd.dtype)[seg]  # (..., m)
-        c = (wts.unsqueeze(-1) * coef).sum(-2)
-        e = (wts * energy).sum(-1)
+        coef = self.coef.to(sd.device, sd.dtype)  # (segments, m, K+1)
+        energy = self.energy.to(sd.device, sd.dtype)  # (segments, m)
+        # one small matrix product per segment in use (no (..., m, K+1) gather)
+        flat_w, flat_seg = wts.reshape(-1, wts.shape[-1]), seg.reshape(-1)
+        c = flat_w.new_zeros(flat_w.shape[0], coef.shape[-1])
+        e = flat_w.new_zeros(flat_w.shape[0])
+        for j in torch.unique(flat_seg).tolist():
+            rows = (flat_seg == j).nonzero()[:, 0]
+            c = c.index_copy(0, rows, flat_w[rows] @ coef[j])
+            e = e.index_copy(0, rows, flat_w[rows] @ energy[j])
+        c = c.reshape(*sd.shape, coef.shape[-1])
+        e = e.reshape(sd.shape)
         if bool(zero.any()):
             c0 = torch.zeros_like(c)
             c0[..., 0] = self.at_zero
@@ -341,6 +349,12 @@ def expectation(ft: HermiteTable, gt: HermiteTable, q12, q11, q22, rtol: float, 
     for k in reversed(range(1 if odd else 0, terms + 1, step)):
         acc = torch.addcmul(acc * x, c1[..., k], c2[..., k])
     out = acc * rho if odd else acc
+    if ft is gt and bool(ones.any()):
+        # a sample with itself (rho = 1, equal variances): E[f(s z)^2], the table's energy
+        same = ones & (s1 == s2).expand(shape) & (rho.detach() > 0)
+        if bool(same.any()):
+            out = torch.where(same, e1.expand(shape), out)
+            direct = direct & ~same
     if bool(direct.any()):
         out = out.clone()
         s1f, s2f = s1.expand(shape), s2.expand(shape)
