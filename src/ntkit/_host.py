@@ -42,17 +42,21 @@ def _glibc():
 
 
 @contextlib.contextmanager
-def retained_heap(enabled: bool) -> Iterator[None]:
+def retained_heap(enabled: bool, *, environment_policy: bool = True) -> Iterator[None]:
     """Serve large CPU allocations from the heap and do not trim it, then trim once.
 
-    Afterwards the trim threshold returns to glibc's default (128 KiB) and ``malloc_trim``
-    hands the freed memory back, so the process does not keep the peak. The mmap threshold
-    stays at 32 MiB (setting it ends glibc's dynamic adjustment, which moves it towards that
-    value anyway once large blocks have been freed). Does nothing when ``enabled`` is false,
-    when :func:`ntkit.settings.retain_heap` is off, when the C library is not glibc, or
-    when the environment sets glibc's own thresholds.
+    Afterwards the trim threshold returns to its value before (the environment's
+    ``MALLOC_TRIM_THRESHOLD_``, else glibc's default of 128 KiB) and ``malloc_trim`` hands
+    the freed memory back, so the process does not keep the peak. The mmap threshold stays
+    at 32 MiB (setting it ends glibc's dynamic adjustment, which moves it towards that value
+    anyway once large blocks have been freed). Does nothing when ``enabled`` is false, when
+    :func:`ntkit.settings.retain_heap` is off, when the C library is not glibc, or when the
+    environment sets glibc's own thresholds (unless ``environment_policy`` is false: a Dask
+    worker, whose nanny sets ``MALLOC_TRIM_THRESHOLD_`` for every worker process).
     """
-    user_policy = "MALLOC_TRIM_THRESHOLD_" in os.environ or "MALLOC_MMAP_THRESHOLD_" in os.environ
+    env = os.environ
+    user_policy = "MALLOC_TRIM_THRESHOLD_" in env or "MALLOC_MMAP_THRESHOLD_" in env
+    user_policy = user_policy and environment_policy
     wanted = enabled and retain_heap_enabled() and not user_policy and not _retaining.get()
     libc = _glibc() if wanted else False
     if not libc:
@@ -65,8 +69,16 @@ def retained_heap(enabled: bool) -> Iterator[None]:
         yield
     finally:
         _retaining.reset(token)
-        libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_DEFAULT_TRIM)
+        libc.mallopt(_M_TRIM_THRESHOLD, _trim_threshold_before())
         libc.malloc_trim(0)
+
+
+def _trim_threshold_before() -> int:
+    """The environment's ``MALLOC_TRIM_THRESHOLD_`` if it is an int, else glibc's default."""
+    try:
+        return int(os.environ.get("MALLOC_TRIM_THRESHOLD_", _GLIBC_DEFAULT_TRIM))
+    except ValueError:
+        return _GLIBC_DEFAULT_TRIM
 
 
 def run_parallel(fn: Callable, items: Iterable[tuple], workers: int) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ntkit._host import retained_heap
 from ntkit.errors import NotPicklableError
 from ntkit.tiling._functions import OutputSpec
 from ntkit.tiling._grid import TileGrid
@@ -60,11 +61,25 @@ def run_tile(tile_fn, x1, x2, grid, spec, bi, bj, store_path=None, store_id=None
         ``(bi, bj, outputs)`` with ``outputs`` a dict of CPU tensors, or ``None`` when the
         tile went to the store.
     """
-    out = compute_tile(tile_fn, x1, x2, grid, spec, bi, bj)
+    # On a Dask worker the nanny sets MALLOC_TRIM_THRESHOLD_ for every worker process; the
+    # heap is still kept for the tile and trimmed after it (CNN tiles: 2x faster, measured).
+    with retained_heap(x1.device.type == "cpu", environment_policy=not _on_dask_worker()):
+        out = compute_tile(tile_fn, x1, x2, grid, spec, bi, bj)
     if store_path is None:
         return bi, bj, {k: v.cpu() for k, v in out.items()}
     _open_store(store_path, store_id).write_tile(bi, bj, out, spec)
     return bi, bj, None
+
+
+def _on_dask_worker() -> bool:
+    """Whether this code runs inside a Dask worker's task."""
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return False
+    return True
 
 
 def _open_store(path: str, store_id: str):
