@@ -5,7 +5,7 @@ Part 1 -- ``ntkit.analysis.sharpness`` on a ReLU MLP 784-1024-256-10 (1.07M para
 process: one gradient evaluation (forward + backward of the loss in all parameters). Ours:
 one Lanczos iteration = the whole ``sharpness(k=1)`` call divided by the number of
 Hessian-vector products it made (so the one-off gradient graph and the tridiagonal solves
-are included), for the torch-native Lanczos and for scipy's ARPACK. Target (issue 11): one
+are included), for the torch-native Lanczos and for scipy's ARPACK. Target: one
 Lanczos iteration at most 3x one gradient evaluation.
 
 Part 2 -- ``NTKTracker(mode="sum_logits", every=10)`` on 128 probe inputs during 300 SGD

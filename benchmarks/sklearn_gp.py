@@ -9,8 +9,8 @@ Measured, each the best of ``--repeats`` runs, in one process (n = 2000 by defau
 
 1. ``K(X)``: the kernel matrix alone (the same kernel);
 2. ``K(X)`` with ``eval_gradient=True`` for one free hyperparameter each (scikit-ntk: its
-   ``bias``, analytic gradient in numpy; ntkit: ``w_std``, by forward-mode autograd where the
-   layers support it, otherwise central differences);
+   ``bias``, analytic gradient in numpy; ntkit: ``w_std``, by forward-mode autograd, and by
+   central differences);
 3. one evaluation of ``GaussianProcessRegressor.log_marginal_likelihood(theta,
    eval_gradient=True)`` (what the optimizer calls; includes scikit-learn's own O(n^3)
    Cholesky and inverse, shared by both);
@@ -103,30 +103,31 @@ def run(args) -> None:
         t_t, m_t = measure(theirs_fn, args.repeats)
         rows.append((name, t_o, m_o, t_t, m_t))
         print(
-            f"{name:<34} ntkit {t_o:8.3f} s {m_o / 2**20:7.0f} MiB | scikit-ntk {t_t:8.3f} s "
+            f"{name:<40} ntkit {t_o:8.3f} s {m_o / 2**20:7.0f} MiB | scikit-ntk {t_t:8.3f} s "
             f"{m_t / 2**20:7.0f} MiB | {t_t / t_o:5.1f}x",
             flush=True,
         )
 
     row("K(X)", lambda: ours(x), lambda: theirs(x))
-    ours_g = NTKKernel(depth=depth, w_std=math.sqrt(2), b_std=None)
     theirs_g = NeuralTangentKernel(depth=depth, bias=0.1)
-    row(
-        "K(X), eval_gradient (1 parameter)",
-        lambda: ours_g(x, eval_gradient=True),
-        lambda: theirs_g(x, eval_gradient=True),
-    )
-    gp_o = GaussianProcessRegressor(ours_g, alpha=1e-2, optimizer=None).fit(x[:10], y[:10])
-    gp_t = GaussianProcessRegressor(theirs_g, alpha=1e-2, optimizer=None).fit(x[:10], y[:10])
-    gp_o.X_train_, gp_o.y_train_ = x, y
-    gp_t.X_train_, gp_t.y_train_ = x, y
-    row(
-        "log marginal likelihood + gradient",
-        lambda: gp_o.log_marginal_likelihood(ours_g.theta, eval_gradient=True),
-        lambda: gp_t.log_marginal_likelihood(theirs_g.theta, eval_gradient=True),
-    )
+    for gradient in ("autograd", "finite_difference"):
+        ours_g = NTKKernel(depth=depth, w_std=math.sqrt(2), b_std=None, gradient=gradient)
+        row(
+            f"K(X) + gradient, 1 param ({gradient[:8]})",
+            lambda k=ours_g: k(x, eval_gradient=True),
+            lambda: theirs_g(x, eval_gradient=True),
+        )
+        gp_o = GaussianProcessRegressor(ours_g, alpha=1e-2, optimizer=None).fit(x[:10], y[:10])
+        gp_t = GaussianProcessRegressor(theirs_g, alpha=1e-2, optimizer=None).fit(x[:10], y[:10])
+        gp_o.X_train_, gp_o.y_train_ = x, y
+        gp_t.X_train_, gp_t.y_train_ = x, y
+        row(
+            f"log likelihood + gradient ({gradient[:8]})",
+            lambda g=gp_o, k=ours_g: g.log_marginal_likelihood(k.theta, eval_gradient=True),
+            lambda g=gp_t: g.log_marginal_likelihood(theirs_g.theta, eval_gradient=True),
+        )
     row("diag(X)", lambda: ours.diag(x), lambda: theirs.diag(x))
-    ours2 = NTKKernel(depth=depth, w_std=1.5, b_std=0.1)
+    ours2 = NTKKernel(depth=depth, w_std=1.5, b_std=0.1, gradient="autograd")
     t2, m2 = measure(lambda: ours2(x, eval_gradient=True), args.repeats)
     print(f"ntkit K(X), eval_gradient for w_std and b_std: {t2:.3f} s, {m2 / 2**20:.0f} MiB")
 

@@ -103,6 +103,9 @@ def main() -> None:
     parser.add_argument("--budget-mib", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--write", action="store_true", help="write docs/benchmarks/tiling.md")
+    parser.add_argument(
+        "--parts", nargs="+", default=["fc", "cnn", "waits", "memory"], help="what to measure"
+    )
     args = parser.parse_args()
     rows = []
 
@@ -112,6 +115,19 @@ def main() -> None:
         rows.append(row)
 
     # 1. overhead over one in-memory call
+    if "fc" in args.parts:
+        fc_part(args, emit)
+    if "cnn" in args.parts:
+        cnn_part(args, emit)
+    if "waits" in args.parts:
+        waits_part(emit)
+    if "memory" in args.parts:
+        memory_part(args, emit)
+    write(args, rows)
+
+
+def fc_part(args, emit) -> None:
+    """1. overhead of kernel_matrix (and kernel_store) over one net.kernel call."""
     setup = FC.format(n=args.n_fc)
     t = alternate(setup, "net.kernel(x)", "kernel_matrix(net, x, progress=False)", args.repeats)
     emit(f"FC n={args.n_fc}", "net.kernel(x) (baseline)", f"{t['a']:.2f} s", "1.00", "")
@@ -131,7 +147,9 @@ def main() -> None:
         "zarr store, uncompressed, checksummed",
     )
 
-    # 2. CNN throughput, 1 and 2 Dask workers
+
+def cnn_part(args, emit) -> None:
+    """2. CNN kernel throughput with 1 and 2 Dask worker processes."""
     pairs = args.n_cnn * (args.n_cnn + 1) / 2
     stmt = f"kernel_matrix(net, x, tile={args.tile_cnn}, executor=client, progress=False)"
     times = {}
@@ -147,7 +165,40 @@ def main() -> None:
             note,
         )
 
-    # 3. peak memory of a result twice the budget, to a store
+
+def waits_part(emit) -> None:
+    """2b. the executor itself: tiles that wait (0.5 s) instead of computing, so that the
+    speed-up does not depend on free cores on a shared machine."""
+    sleepy = CNN.format(n=40, workers="{workers}").replace(
+        "x = torch.randn(40", "import os, time\nx = torch.randn(40"
+    )
+    sleepy += textwrap.dedent(
+        """
+        def waits(a, b):
+            time.sleep(0.5)
+            return torch.zeros(len(a), len(b), dtype=torch.float64)
+        """
+    )
+    waits = {}
+    for workers in (1, 2):
+        res = run_case(
+            sleepy.format(workers=workers),
+            "kernel_matrix(waits, x, x, tile=10, executor=client, progress=False)",
+            repeats=1,
+        )
+        waits[workers] = res["seconds"]
+        note = "" if workers == 1 else f"speed-up {waits[1] / waits[2]:.2f}x (ideal 2x)"
+        emit(
+            "16 tiles of 0.5 s (sleep)",
+            f"Dask LocalCluster, {workers} worker process(es)",
+            f"{res['seconds']:.2f} s",
+            "",
+            note,
+        )
+
+
+def memory_part(args, emit) -> None:
+    """3. peak memory of a result twice the budget, computed to a store."""
     budget = args.budget_mib * 2**20
     n = int((2 * budget / 16) ** 0.5)  # NNGP + NTK, float64: 16 bytes per pair
     setup = FC.format(n=n)
@@ -162,6 +213,10 @@ def main() -> None:
         f"net.kernel(x) in memory: {ref['seconds']:.2f} s, peak +"
         f"{ref['peak_bytes'] / 2**20:.0f} MiB",
     )
+
+
+def write(args, rows) -> None:
+    """Print the header and, with --write, write docs/benchmarks/tiling.md."""
     header = [
         "# Tiling benchmark (`benchmarks/tiling.py`)",
         "",

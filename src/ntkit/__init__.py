@@ -40,12 +40,14 @@ _SUBMODULES: tuple[str, ...] = (
     "attacks",
     "datasets",
     "empirical",
+    "errors",
     "layers",
     "parametrization",
     "predict",
     "report",
     "reproduce",
     "settings",
+    "tiling",
 )
 
 if TYPE_CHECKING:
@@ -54,12 +56,14 @@ if TYPE_CHECKING:
         attacks,
         datasets,
         empirical,
+        errors,
         layers,
         parametrization,
         predict,
         report,
         reproduce,
         settings,
+        tiling,
     )
     from ntkit.empirical import (
         empirical_ntk,

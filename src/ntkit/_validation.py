@@ -52,6 +52,11 @@ def as_batch(
         )
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}); need n >= 1.")
+    if any(size == 0 for size in x.shape[1:]):
+        raise ValueError(
+            f"{name} has zero features (shape {tuple(x.shape)}); every sample needs at least "
+            "one feature (and every spatial axis at least one location)."
+        )
     check_finite(x, name)
     return x
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -40,12 +40,36 @@ def usage_error(message: str, option: str | None = None) -> typer.BadParameter:
 
 
 @contextmanager
-def options_checked(option: str | None = None) -> Iterator[None]:
-    """Turn ``ValueError``/``TypeError`` raised while checking options into usage errors."""
+def options_checked(option: str | None = None, *, fields: Iterable[str] = ()) -> Iterator[None]:
+    """Turn ``ValueError``/``TypeError`` raised while checking options into usage errors.
+
+    Args:
+        option: The option to name; ``None`` names the one whose Python name (one of
+            ``fields``, e.g. ``"n_train"`` for ``--n-train``) begins the message, if any.
+        fields: Python names of the options checked in the block.
+    """
     try:
         yield
     except (ValueError, TypeError) as err:
-        raise usage_error(str(err), option) from err
+        message = str(err)
+        first = message.split(" ", 1)[0].rstrip(":,")
+        if option is None and first in set(fields):
+            option = "--" + first.replace("_", "-")
+        raise usage_error(message, option) from err
+
+
+def writable_folder(out: Path, option: str = "--out") -> Path:
+    """Check (and create) the output folder before any work; a usage error names ``option``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise usage_error(f"{str(out)!r} exists and is not a folder.", option)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise usage_error(f"cannot create folder {str(out)!r}: {err.strerror}.", option) from err
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise usage_error(f"folder {str(out)!r} is not writable.", option)
+    return out
 
 
 def _one_line(text: str) -> str:
@@ -178,10 +202,10 @@ def report(
         str | None, typer.Option(help="Reshape each example, e.g. 1,8,8 for a CNN on digits.")
     ] = None,
     n_train: Annotated[
-        int | None, typer.Option(help="Training examples [default: 1000; 300 with --quick].")
+        int | None, typer.Option(help="Training examples (default 1000; 300 with --quick).")
     ] = None,
     n_test: Annotated[
-        int | None, typer.Option(help="Test examples [default: 500; 200 with --quick].")
+        int | None, typer.Option(help="Test examples (default 500; 200 with --quick).")
     ] = None,
     depth: Annotated[
         int, typer.Option(help="Number of Dense layers of the MLP (readout included).")
@@ -197,10 +221,10 @@ def report(
         int | None,
         typer.Option(
             help="Most gradient-descent steps of the finite network "
-            "[default: 1000; 300 with --quick]."
+            "(default 3000; 300 with --quick)."
         ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the split and of finite networks.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the split and of finite networks.")] = 0,
     quick: Annotated[
         bool, typer.Option(help="Smaller sizes everywhere (about 20 s on 2 cores).")
     ] = False,
@@ -213,12 +237,13 @@ def report(
     digits, or --data), the empirical NTK of the finite network, and writes OUT/report.html:
     kernel heatmaps, spectra and label alignment, kernel regression and GP accuracy, the
     trained finite network against the NTK's prediction, the convergence of empirical to
-    analytic NTKs with width, timings and provenance. About 2 minutes on 2 cores by default.
+    analytic NTKs with width, timings and provenance. One to three minutes on 2 cores.
     """
     from rich.console import Console
 
     from ntkit.report import ReportConfig, ReportContext, run_report
 
+    writable_folder(out)
     given = dict(n_train=n_train, n_test=n_test, max_steps=max_steps)
     options: dict[str, Any] = dict(
         depth=depth,
@@ -233,7 +258,7 @@ def report(
         input_shape=_shape(input_shape),
         **{k: v for k, v in given.items() if v is not None},
     )
-    with options_checked():
+    with options_checked(fields=ReportConfig.__dataclass_fields__):
         config = ReportConfig.quick_defaults(**options) if quick else ReportConfig(**options)
         ctx = ReportContext(config, command=" ".join(["ntkit", *sys.argv[1:]]))
     ctx, _sections, path = run_report(ctx, out, progress=progress)
@@ -247,7 +272,7 @@ def reproduce(
     name: Annotated[str, typer.Argument(help="An experiment listed above.")],
     out: Annotated[Path, typer.Option(help="Folder for NAME.html.")] = Path("report"),
     quick: Annotated[bool, typer.Option(help="Fewer widths and seeds (seconds).")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of data split and networks.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of data split and networks.")] = 0,
 ) -> None:
     """Reproduce a seed paper's claim at small scale and write OUT/NAME.html.
 
@@ -280,6 +305,7 @@ def reproduce(
 
     if name not in EXPERIMENTS:
         raise usage_error(f"unknown experiment {name!r}; known: {sorted(EXPERIMENTS)}.", "NAME")
+    writable_folder(out)
     results = run_experiment(name, out, quick=quick, seed=seed)
     Console().print(_results_table(f"ntkit reproduce {name}", results))
     Console().print(f"written to {Path(out) / (name + '.html')}")

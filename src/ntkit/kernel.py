@@ -47,6 +47,9 @@ class Kernel:
         pattern1: Inside a tile of graph inputs (:class:`ntkit.layers.Graphs`), the dense
             adjacency ``(n1, N, N)`` of the rows' graphs; ``None`` otherwise.
         pattern2: Likewise for the columns' graphs, ``(n2, N, N)``.
+        mask1: Inside a tile of masked inputs (:class:`ntkit.layers.Masked`), the rows'
+            boolean masks ``(n1, *spatial)`` of real positions; ``None`` otherwise.
+        mask2: Likewise for the columns, ``(n2, *spatial)``.
     """
 
     nngp: torch.Tensor
@@ -62,6 +65,8 @@ class Kernel:
     pair_shift: int = 0
     pattern1: torch.Tensor | None = None
     pattern2: torch.Tensor | None = None
+    mask1: torch.Tensor | None = None
+    mask2: torch.Tensor | None = None
 
     def get_ntk(self) -> torch.Tensor:
         """The NTK as a tensor (``ntk`` typed without ``None``), for type-checked code.

@@ -53,6 +53,66 @@ def default_max_memory(device: torch.device | str | None = None) -> int:
     return int(MEMORY_FRACTION * available_memory(device))
 
 
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_bytes(value, name: str = "max_memory") -> int:
+    """A byte count from a number or a string such as ``"2GiB"``, ``"1.5 GB"``, ``"512MiB"``.
+
+    Decimal units (kB, MB, GB, TB) are powers of 1000, binary units (KiB, MiB, GiB, TiB)
+    powers of 1024; a bare number is bytes.
+
+    Raises:
+        TypeError: not a number or a string.
+        ValueError: NaN, infinite, not positive, or an unknown unit.
+    """
+    import math
+    import re
+
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number of bytes or a string like '2GiB'; got {value!r}.")
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+        unit = m.group(2).lower() if m else None
+        if m is None or unit not in _UNITS:
+            raise ValueError(
+                f"{name} must be a number of bytes or a string like '2GiB', '1.5GB' or "
+                f"'512MiB'; got {value!r}."
+            )
+        number = float(m.group(1)) * _UNITS[unit]
+    else:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{name} must be a number of bytes or a string like '2GiB'; got "
+                f"{type(value).__name__} {value!r}."
+            ) from None
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name} must be a positive, finite number of bytes; got {value!r}.")
+    return int(number)
+
+
+def resolve_max_memory(max_memory, device: torch.device | str | None = None) -> int:
+    """``max_memory`` in bytes (see :func:`parse_bytes`), or the default budget for ``None``."""
+    return default_max_memory(device) if max_memory is None else parse_bytes(max_memory)
+
+
 def format_bytes(n: float) -> str:
     """Human-readable byte count, e.g. ``'1.50 GiB'``."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):

@@ -69,9 +69,11 @@ def test_unbiased_against_the_brute_force_kernel(name, mode):
     dim, seeds = min(32, n_params), 24
     logit = 1 if mode == "logit" else None
     kernels = []
+    n1 = x1.shape[0]
     for s in range(seeds):
         kw = dict(dim=dim, mode=mode, logit=logit, seed=s, params=params, progress=False)
-        kernels.append(_kernel(nk.ntk_features(f, x1, **kw), nk.ntk_features(f, x2, **kw), mode))
+        phi = nk.ntk_features(f, torch.cat([x1, x2]), **kw)  # one call for both sides
+        kernels.append(_kernel(phi[:n1], phi[n1:], mode))
     stack = torch.stack(kernels)
     rms = math.sqrt(sum(_rel(k, ref) ** 2 for k in kernels) / seeds)
     # The mean of S independent unbiased estimates has a Frobenius error of about
@@ -174,6 +176,8 @@ def test_same_features_for_any_chunking_call_and_subset():
     big = nk.ntk_features(model, x, dim=48, mode="full", seed=3, progress=False)
     again = nk.ntk_features(model, x, dim=48, mode="full", seed=3, progress=False)
     assert torch.equal(big, again)
+    as_text = nk.ntk_features(model, x, dim=48, mode="full", seed=3, max_memory="1GiB")
+    assert torch.allclose(as_text, big, rtol=1e-12, atol=1e-12)
     # a budget that forces chunks of samples and of output directions
     from ntkit.empirical.functional import functionalize, transform_safe
     from ntkit.empirical.modes import mode_spec
@@ -246,6 +250,10 @@ def test_float32_features_match_float64():
     f32 = nk.ntk_features(model.float(), x.float(), dim=32, seed=2)
     assert f32.dtype == torch.float32
     assert _rel(f32.double(), f64) < 1e-5
+    # bfloat16 (FFTs in float32): unit roundoff 2^-8 = 0.4% per stored value
+    fb = nk.ntk_features(model.to(torch.bfloat16), x.to(torch.bfloat16), dim=32, seed=2)
+    assert fb.dtype == torch.bfloat16
+    assert _rel(fb.double(), f64) < 3e-2
 
 
 def test_bad_input_is_refused_with_what_was_expected():

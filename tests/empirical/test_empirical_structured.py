@@ -263,7 +263,15 @@ class Centering(nn.Module):
         return self.out(h - h.mean(0, keepdim=True))
 
 
-@pytest.mark.parametrize("cls", [SeqFirst, Centering])
+def test_batch_coupled_model_is_refused():
+    """Issue 9: a model coupling the samples of a batch has no per-sample NTK; refuse it."""
+    model = Centering().double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="depends on the other samples in the batch"):
+        nk.empirical_ntk(model, x, implementation="structured")
+
+
+@pytest.mark.parametrize("cls", [SeqFirst])
 def test_models_that_need_the_per_sample_path(cls):
     torch.manual_seed(0)
     model = cls().double()

@@ -132,3 +132,14 @@ def test_bad_input():
         L.ConvLocal(-1, 2)
     with pytest.raises(ValueError, match="padding"):
         L.ConvLocal(3, 2, padding="reflect")
+
+
+def test_3d_matches_reference_and_finite_shape():
+    x1, x2 = randn((2, 1, 3, 2, 3), 7), randn((1, 1, 3, 2, 3), 8)
+    net = L.serial(L.ConvLocal(2, 2, padding="same", b_std=0.3), L.ReLU(), L.GlobalSumPool())
+    got = net.kernel(x1, x2)
+    J = R.relu(_ref_local(R.inputs(x1, x2), 2, 2, 1, "same", 1.0, 0.3, "ntk"))
+    J = R.global_pool(J, average=False)
+    torch.testing.assert_close(got.nngp, R.cross_block(J, 2, "K"), rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(got.ntk, R.cross_block(J, 2, "T"), rtol=1e-12, atol=1e-13)
+    assert net.module((1, 3, 2, 3))(x1.float()).shape == (2, 2)

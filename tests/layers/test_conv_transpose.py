@@ -193,3 +193,13 @@ def test_bad_input():
         L.ConvTranspose(4, 3).kernel(randn((3, 5), 0))
     with pytest.raises(ValueError, match="kernel_size has 1 entries but the input has 2"):
         L.ConvTranspose(4, (3,)).kernel(randn((3, 2, 4, 4), 0))
+
+
+def test_3d_matches_reference_and_finite_shape():
+    x1, x2 = randn((2, 1, 2, 2, 2), 7), randn((1, 1, 2, 2, 2), 8)
+    net = L.serial(L.ConvTranspose(2, 2, stride=2, padding="valid", b_std=0.3), L.ReLU())
+    got = net.kernel(x1, x2)
+    J = R.relu(_ref_conv_t(R.inputs(x1, x2), 2, 2, "valid", 1.0, 0.3, "ntk"))
+    torch.testing.assert_close(got.nngp, R.cross_block(J, 2, "K"), rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(got.ntk, R.cross_block(J, 2, "T"), rtol=1e-12, atol=1e-13)
+    assert net.module((1, 2, 2, 2))(x1.float()).shape == (2, 2, 4, 4, 4)

@@ -83,7 +83,9 @@ ACTIVATIONS = [
     ("SigmoidLike", lambda: L.SigmoidLike(), ()),
     ("Gabor", lambda: L.Gabor(), ()),
     ("ExpNormalized", lambda g, s: L.ExpNormalized(g, s), (0.7, -0.8)),
-    ("ElementwiseTanh", lambda: L.Elementwise(torch.tanh, degree=8), ()),
+    ("ElementwiseTanh", lambda: L.Elementwise(torch.tanh), ()),
+    ("ElementwiseGH", lambda: L.Elementwise(torch.tanh, degree=8), ()),
+    ("ElementwiseSiLU", lambda: L.Elementwise(torch.nn.functional.silu), ()),
     (
         "ElementwiseClosedForm",
         lambda: L.Elementwise(

@@ -99,3 +99,30 @@ def test_new_layers_pickle_and_give_the_same_kernel():
     )
     model = pickle.loads(pickle.dumps(rnn.module((2, 4))))
     assert model(x[:, :, 0].float()).shape == (3, 1)
+
+
+@pytest.mark.parametrize(
+    "net,shape",
+    [
+        (L.serial(L.Dense(4, b_std=0.1), L.Gabor(), L.Dense(3), L.SigmoidLike(), L.Dense(1)), (5,)),
+        (L.serial(L.Dense(4), L.ExpNormalized(0.5), L.Dense(1)), (5,)),
+        (L.serial(L.Recurrent(4, L.ReLU(), b_std=0.1), L.Dense(1)), (2, 6)),
+        (
+            L.serial(
+                L.Conv(3, 1),
+                L.GlobalSelfAttention(3, pos_emb="concat", pos_emb_decay=_decay),
+                L.ReLU(),
+                L.GlobalAvgPool(),
+                L.Dense(1),
+            ),
+            (2, 5),
+        ),
+    ],
+    ids=["gabor-sigmoid", "exp-normalized", "recurrent", "positional-attention"],
+)
+def test_properties(net, shape):
+    from tests.layers.layer_checks import assert_properties, assert_tiling_invariant, randn
+
+    x1, x2 = randn((4, *shape), 0), randn((3, *shape), 1)
+    assert_properties(net, x1, x2)
+    assert_tiling_invariant(net, x1, x2)

@@ -95,3 +95,118 @@ def test_bad_input():
         L.Recurrent(0)
     with pytest.raises(ValueError, match="u_std"):
         L.Recurrent(3, u_std=-1.0)
+
+
+@pytest.mark.parametrize("param", ["ntk", "standard"])
+def test_sequences_with_flatten_average_the_prefix_kernels(param):
+    """Flatten averages same-step kernels; step t's state is the last state of the prefix
+    x[..., :t+1], so the result is the mean of the prefixes' final-state kernels."""
+    x1, x2 = randn((3, 2, 4), 5), randn((2, 2, 4), 6)
+    kw = dict(w_std=1.1, u_std=0.9, b_std=0.2, parameterization=param)
+    seq = L.serial(L.Recurrent(5, L.Erf(), return_sequences=True, **kw), L.Flatten())
+    got = seq.kernel(x1, x2)
+    last = [
+        L.Recurrent(5, L.Erf(), **kw).kernel(x1[..., : t + 1], x2[..., : t + 1]) for t in range(4)
+    ]
+    torch.testing.assert_close(got.nngp, sum(k.nngp for k in last) / 4, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(got.ntk, sum(k.ntk for k in last) / 4, rtol=1e-12, atol=1e-13)
+
+
+def test_full_grid_diagonal_equals_same_step_layout():
+    x = randn((3, 2, 5), 7)
+    layer = L.Recurrent(4, L.ReLU(), b_std=0.1, return_sequences=True)
+    full = L.serial(layer, L.GlobalAvgPool()).kernel  # needs the full step-by-step grid
+    flat = L.serial(layer, L.Flatten()).kernel(x)
+    grid = L.serial(layer, L.Identity())
+    k = grid.kernel(x)
+    assert k.nngp.shape == (3, 3, 5, 5)
+    diag = torch.diagonal(k.nngp, dim1=2, dim2=3).mean(-1)
+    torch.testing.assert_close(diag, flat.nngp, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(torch.diagonal(k.ntk, dim1=2, dim2=3).mean(-1), flat.ntk)
+    torch.testing.assert_close(full(x).nngp, k.nngp.mean(dim=(2, 3)), rtol=1e-12, atol=1e-13)
+    assert L.Recurrent(4, return_sequences=True).module((2, 5))(x.float()).shape == (3, 4, 5)
+
+
+@pytest.mark.montecarlo
+@pytest.mark.parametrize("act", [L.ReLU(), L.Erf()], ids=repr)
+def test_finite_sequence_rnns_converge_with_time_pooling(act):
+    """Pooling over time needs the covariances of different steps, which the shared weights
+    create (untied weights would make them zero); random RNNs converge to the grid."""
+
+    def build(c):
+        return L.serial(
+            L.Recurrent(c, act, w_std=1.1, u_std=1.3, b_std=0.2, return_sequences=True),
+            L.GlobalAvgPool(),
+        )
+
+    assert_converges(build, randn((4, 3, 4), 8), bound=0.25)
+
+
+def _left_pad(x, length, seed):
+    n, c, real = x.shape
+    junk = randn((n, c, length - real), seed) * 3
+    mask = torch.zeros(n, length, dtype=torch.bool)
+    mask[:, length - real :] = True
+    return torch.cat([junk, x], dim=-1), mask
+
+
+@pytest.mark.parametrize("param", ["ntk", "standard"])
+def test_left_padded_masked_sequences_equal_unpadded(param):
+    """States stay 0 until a sequence starts, so padding of any content is invisible."""
+    net = L.serial(L.Recurrent(4, L.ReLU(), b_std=0.2, parameterization=param), L.Dense(1))
+    x1, x2 = randn((3, 2, 4), 11), randn((2, 2, 4), 12)
+    p1, m1 = _left_pad(x1, 7, 13)
+    p2, m2 = _left_pad(x2, 7, 14)
+    got, want = net.kernel(L.Masked(p1, m1), L.Masked(p2, m2)), net.kernel(x1, x2)
+    torch.testing.assert_close(got.nngp, want.nngp, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(got.ntk, want.ntk, rtol=1e-12, atol=1e-13)
+    model = net.module((2, 7), dtype=torch.float64)
+    with L.mask_context(m1):
+        padded_out = model(p1)
+    torch.testing.assert_close(padded_out, net.module((2, 4), dtype=torch.float64)(x1))
+
+
+@pytest.mark.montecarlo
+def test_finite_rnns_of_mixed_lengths_converge():
+    lengths = [5, 2, 3, 5]
+    x = torch.cat(
+        [_left_pad(randn((1, 2, n), 20 + i), 5, 30 + i)[0] for i, n in enumerate(lengths)]
+    )
+    mask = torch.tensor([[t >= 5 - n for t in range(5)] for n in lengths])
+
+    def errors(width):
+        body = L.Recurrent(width, L.Erf(), w_std=1.2, b_std=0.2)
+        net = L.serial(body, L.Dense(1))
+        nngp = body.kernel(L.Masked(x, mask), get="nngp").nngp
+        ntk = net.kernel(L.Masked(x, mask)).ntk
+        e1, e2 = [], []
+        for s in (0, 1, 2):
+            model = body.module((2, 5), seed=s, dtype=torch.float64)
+            with L.mask_context(mask), torch.no_grad():
+                f = model(x)
+            e1.append(float((f @ f.T / width - nngp).norm() / nngp.norm()))
+            full = net.module((2, 5), seed=s, dtype=torch.float64)
+            params = {k: v.detach() for k, v in full.named_parameters()}
+
+            def fn(p, model=full):
+                with L.mask_context(mask):
+                    return torch.func.functional_call(model, p, (x,)).reshape(-1)
+
+            jac = torch.func.jacrev(fn)(params)
+            emp = sum(j.reshape(4, -1) @ j.reshape(4, -1).T for j in jac.values())
+            e2.append(float((emp - ntk).norm() / ntk.norm()))
+        return sum(e1) / 3, sum(e2) / 3
+
+    narrow, wide = errors(16), errors(256)
+    for e_small, e_big in zip(narrow, wide):
+        assert e_big < 0.5 * e_small and e_big < 0.2, (narrow, wide)
+
+
+def test_masks_refused_when_not_left_padded_or_with_sequences():
+    x = randn((2, 2, 4), 0)
+    right = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    with pytest.raises(ValueError, match="left-padded"):
+        L.Recurrent(3).kernel(L.Masked(x, right))
+    left = right.flip(-1)
+    with pytest.raises(ValueError, match="return_sequences=False"):
+        L.Recurrent(3, return_sequences=True).kernel(L.Masked(x, left))

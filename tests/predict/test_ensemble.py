@@ -16,7 +16,7 @@ def _net(width=64):
 
 
 def _f4_reference(net, x, y, xs, eta, t):
-    """F4 of the formula sheet, written with matrix_exp and an explicit inverse."""
+    """Ensemble mean and covariance (Lee et al. 2019), with matrix_exp and an explicit inverse."""
     k, kx, kss = net.kernel(x), net.kernel(xs, x), net.kernel(xs)
     theta_inv = torch.linalg.inv(k.ntk)
     e = torch.eye(len(x), dtype=torch.float64) - torch.matrix_exp(-eta * k.ntk * t)

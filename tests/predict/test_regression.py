@@ -20,11 +20,13 @@ def test_solve_psd_with_ridge_matches_linalg_solve_and_leaves_input_alone(dtype)
     torch.testing.assert_close(sol.double(), ref, atol=tol, rtol=tol)
 
 
-def test_indefinite_matrix_falls_back_to_the_pseudo_inverse_of_its_positive_part():
+def test_indefinite_matrix_refused_or_projected_on_request():
     k = torch.diag(torch.tensor([2.0, 1.0, -3.0], dtype=torch.float64))  # Cholesky fails
     y = torch.ones(3, 1, dtype=torch.float64)
-    sol = solve_psd(k, y, ridge=0.5)
-    # documented: eigenvalues <= N eps lambda_max (here the negative one) are discarded
+    with pytest.raises(ValueError, match=r"not positive semi-definite.*eigenvalue is -2.5"):
+        solve_psd(k, y, ridge=0.5)
+    sol = solve_psd(k, y, ridge=0.5, repair="project")
+    # documented: with repair="project" the negative eigenvalues are discarded
     torch.testing.assert_close(sol[:, 0], torch.tensor([0.4, 2.0 / 3.0, 0.0], dtype=torch.float64))
 
 

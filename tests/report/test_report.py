@@ -92,7 +92,7 @@ def test_spec_with_input_shape_runs_a_cnn_on_digits(tmp_path):
         (["--input-shape", "1,x"], "--input-shape"),
         (["--input-shape", "3,3"], "input_shape (3, 3) has 9 entries"),
         (["--activation", "tanh"], "activation must be one of"),
-        (["--n-train", "0"], "n_train must be a positive integer"),
+        (["--n-train", "0"], "'--n-train': n_train must be a positive integer"),
         (["--n-train", "5000"], "n_train + n_test"),
     ],
 )

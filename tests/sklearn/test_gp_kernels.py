@@ -68,24 +68,68 @@ def test_diag_with_spatial_spec_and_in_shape():
 
 
 @pytest.mark.parametrize(("cls", "kind"), KERNELS)
-def test_gradient_matches_complex_step_reference(cls, kind):
+@pytest.mark.parametrize(("gradient", "tol"), [("autograd", 1e-12), ("finite_difference", 1e-8)])
+def test_gradient_matches_complex_step_reference(cls, kind, gradient, tol):
     x = _data(12, 3, seed=2)
-    k = cls(depth=2, w_std=1.3, b_std=0.4)
+    k = cls(depth=2, w_std=1.3, b_std=0.4, gradient=gradient)
     kk, grad = k(x, eval_gradient=True)
     assert grad.shape == (12, 12, 2)
     ref = relu_mlp_log_gradient(x, 2, 1.3, 0.4, kind=kind)
-    # finite differences (the fallback) are accurate to ~1e-10 relative; autograd to 1e-14
-    np.testing.assert_allclose(grad, ref, rtol=0, atol=1e-8 * np.abs(ref).max())
+    # forward-mode AD is exact to rounding; central differences to ~1e-10 relative
+    np.testing.assert_allclose(grad, ref, rtol=0, atol=tol * np.abs(ref).max())
+    np.testing.assert_allclose(
+        kk, relu_mlp(x, x, 2, 1.3, 0.4, symmetric=True)[0 if kind == "nngp" else 1].real, rtol=1e-12
+    )
+
+
+def _cnn(w_std=1.5, b_std=0.1):
+    return L.serial(
+        L.Conv(3, 3, padding="same", w_std=w_std, b_std=b_std),
+        L.ReLU(),
+        L.GlobalAvgPool(),
+        L.Dense(1, w_std, b_std),
+    )
+
+
+def _layernorm_gelu(w_std=1.5, b_std=0.1, eps=1e-5):
+    return L.serial(L.Dense(8, w_std, b_std), L.LayerNorm(), L.GELU(), L.Dense(1, w_std, b_std))
+
+
+@pytest.mark.parametrize(
+    ("spec", "kwargs", "in_shape"),
+    [
+        (None, {"activation": "erf", "depth": 2}, None),
+        (None, {"activation": "gelu", "depth": 1}, None),
+        (_cnn, {}, (1, 4, 4)),
+        (_layernorm_gelu, {}, None),
+    ],
+)
+def test_autograd_gradient_matches_finite_differences(spec, kwargs, in_shape):
+    # independent reference: central differences of the kernel values in log(theta),
+    # step 1e-4 (truncation ~1e-8 relative), computed here from k(X) alone
+    x = _data(8, 16, seed=10)
+    k = NTKKernel(spec, gradient="autograd", in_shape=in_shape, **kwargs)
+    kk, grad = k(x, eval_gradient=True)
+    h = 1e-4
+    for i, name in enumerate(["w_std", "b_std"]):
+        v = getattr(k, name)
+        up = k.clone_with_theta(k.theta)
+        up.set_params(**{name: v * math.exp(h)})
+        down = k.clone_with_theta(k.theta)
+        down.set_params(**{name: v * math.exp(-h)})
+        fd = (up(x) - down(x)) / (2 * h)
+        np.testing.assert_allclose(grad[..., i], fd, rtol=0, atol=1e-7 * np.abs(fd).max())
 
 
 def test_gradient_of_bias_free_relu_net_is_homogeneity():
     # Dense without bias + ReLU is positively homogeneous: K(w) = w^(2 (L + 1)) K(1), so
     # dK/dlog w = 2 (L + 1) K exactly.
     x = _data(10, 3, seed=4)
-    k = NTKKernel(depth=3, w_std=0.8, b_std=None)
-    kk, grad = k(x, eval_gradient=True)
-    assert grad.shape == (10, 10, 1)
-    np.testing.assert_allclose(grad[..., 0], 8 * kk, rtol=1e-8, atol=0)
+    for gradient, tol in (("autograd", 1e-12), ("finite_difference", 1e-8)):
+        k = NTKKernel(depth=3, w_std=0.8, b_std=None, gradient=gradient)
+        kk, grad = k(x, eval_gradient=True)
+        assert grad.shape == (10, 10, 1)
+        np.testing.assert_allclose(grad[..., 0], 8 * kk, rtol=tol, atol=0)
 
 
 def test_gradient_shapes_fixed_and_cross():

@@ -133,3 +133,36 @@ def test_bad_functions_and_inputs():
         kernel_matrix(rbf, x, inputs(6, 4), progress=False)
     with pytest.raises(ValueError, match="max_memory"):
         kernel_matrix(rbf, inputs(100, 3), progress=False, max_memory=1000)
+
+
+def test_inputs_that_are_not_tiled_yet_are_refused():
+    net = L.serial(L.Dense(4), L.ReLU(), L.Dense(1))
+    x = inputs(6, 3).requires_grad_(True)
+    with pytest.raises(ValueError, match="without gradients"):
+        kernel_matrix(net, x, progress=False)
+    with torch.no_grad():
+        got = kernel_matrix(net, x, tile=4, progress=False)
+    _close(got.ntk, net.kernel(x.detach()).ntk)
+    masked = L.Masked(torch.randn(5, 2, 6), torch.ones(5, 6, dtype=torch.bool))
+    conv = L.serial(L.Conv(3, 3, padding="same"), L.ReLU(), L.GlobalAvgPool(), L.Dense(1))
+    with pytest.raises(TypeError, match="Masked"):
+        kernel_matrix(conv, masked, progress=False)
+
+
+def test_kernel_valued_functions():
+    """fn returning an ntkit.Kernel: NNGP and NTK tiled together, or the NNGP alone."""
+    net = L.serial(_mlp(), L.Dense(1))
+    x, x2 = inputs(15, 5, seed=3), inputs(8, 5, seed=4)
+
+    def fn(a, b):
+        return net.kernel(a, b)
+
+    for args in ((x,), (x, x2)):
+        want = net.kernel(*args)
+        got = kernel_matrix(fn, *args, tile=4, progress=False)
+        _close(got.nngp, want.nngp)
+        _close(got.ntk, want.ntk)
+        _close(got.cov1, want.cov1)
+    only = kernel_matrix(fn, x, get="nngp", tile=4, progress=False)
+    assert only.ntk is None
+    _close(only.nngp, net.kernel(x).nngp)

@@ -184,3 +184,20 @@ def test_kernel_store_bounded_memory_and_incomplete_handle(tmp_path):
         warnings.simplefilter("error")
         kernel_store(rbf, x, store=path, max_memory=9000, progress=False)
     assert open_store(path).complete
+
+
+def test_spatial_kernels_round_trip_through_a_store(tmp_path):
+    """No readout: (n, n, H, H', W, W') blocks, mirrored with their location pairs swapped."""
+    net = L.serial(L.Conv(3, 3, padding="same"), L.ReLU(), L.Conv(2, 2))
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(7, 2, 4, 4, generator=g, dtype=torch.float64)
+    x2 = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
+    for i, args in enumerate(((x,), (x, x2))):
+        want = net.kernel(*args)
+        handle = kernel_store(net, *args, store=tmp_path / f"{i}.zarr", tile=3, progress=False)
+        got = handle.load()
+        assert got.nngp.shape == want.nngp.shape == (7, len(args[-1]), 3, 3, 3, 3)
+        for field in ("nngp", "ntk", "cov1"):
+            torch.testing.assert_close(
+                getattr(got, field), getattr(want, field), rtol=1e-12, atol=1e-12
+            )

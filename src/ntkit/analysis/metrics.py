@@ -3,7 +3,7 @@
 Every function takes kernel matrices ``(n, n)`` (an empirical NTK in ``trace``,
 ``sum_logits`` or ``logit`` mode, or an analytic kernel) and computes in float64.
 
-Conventions (formula sheet F7):
+Conventions:
 
 - centering: ``Kc = H K H`` with ``H = I - 11^T / n`` (Cortes, Mohri & Rostamizadeh 2012);
   without it the constant mode dominates and every kernel looks alike;
@@ -205,7 +205,7 @@ def condition_number(k) -> float:
 
 
 def top_k_mass(k, top: int) -> float:
-    """Share of the squared spectrum in the top ``top`` eigenvalues (formula F7).
+    """Share of the squared spectrum in the top ``top`` eigenvalues.
 
     ``sum_{i<=top} lambda_i^2 / sum_i lambda_i^2`` (the squared Frobenius norm captured by
     the best rank-``top`` approximation).

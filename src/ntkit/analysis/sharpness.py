@@ -24,7 +24,7 @@ import torch
 
 from ntkit._validation import check_finite
 from ntkit.empirical.functional import functionalize
-from ntkit.settings import default_max_memory, format_bytes
+from ntkit.settings import format_bytes, resolve_max_memory
 
 __all__ = ["TraceEstimate", "hessian_trace", "hessian_vector_product", "sharpness"]
 
@@ -189,7 +189,7 @@ def _plan_chunk(hvp: _HVP, basis_vectors: int, max_memory, batch_size) -> int | 
         if not (isinstance(batch_size, int) and batch_size >= 1):
             raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
         return min(batch_size, n)
-    budget = default_max_memory(hvp.device) if max_memory is None else int(max_memory)
+    budget = resolve_max_memory(max_memory, hvp.device)
     itemsize = torch.finfo(hvp.dtype).bits // 8
     # Lanczos basis + parameter copies, gradients with their graph, the product and temporaries
     fixed = (basis_vectors + 6) * hvp.n_params * itemsize

@@ -4,7 +4,7 @@
 initialisation) and then every ``every`` steps when the training loop calls
 ``tracker.step(step)``. Each record holds (metrics chosen with ``metrics=``):
 
-- ``distance``: centered kernel distance to the initial kernel (formula F7);
+- ``distance``: centered kernel distance to the initial kernel;
 - ``velocity``: centered kernel distance to the previous record divided by the number of
   steps between them (Loo et al. 2022's kernel velocity);
 - ``eigenvalues``: the top ``top_k`` eigenvalues of the probe kernel, descending;

@@ -18,7 +18,7 @@ from ntkit.empirical.modes import mode_spec
 from ntkit.empirical.profile import profile
 from ntkit.empirical.vector_products import vector_product
 from ntkit.kernel import Kernel
-from ntkit.settings import default_max_memory, format_bytes
+from ntkit.settings import format_bytes, resolve_max_memory
 
 __all__ = ["empirical_ntk", "monte_carlo_kernel", "ntk_vp"]
 
@@ -55,6 +55,55 @@ def _inputs(fm, x1, x2):
                 f"and x2 {tuple(x2.shape)}."
             )
     return x1, x2, dtype, device, out_device
+
+
+def check_forward(fm, x1, x2=None) -> None:
+    """Run the model on a few samples before any work; refuse what has no per-sample NTK.
+
+    Names the argument if its forward pass fails, and refuses a model whose output for one
+    sample depends on the rest of the batch. The empirical NTK is defined per sample
+    (``J(x_i)`` depends on ``x_i`` only); a model that normalizes across the batch
+    (``x - x.mean(0)``, train-mode BatchNorm) or draws randomness (train-mode dropout) has
+    no such kernel, and would silently get one.
+
+    Raises:
+        ValueError: the forward pass fails on ``x1`` or ``x2`` (naming it, its shape and
+            dtype), or sample 0's output alone differs from its output within a batch.
+    """
+    shapes = {"x1": tuple(x1.shape), "x2": None if x2 is None else tuple(x2.shape)}
+
+    def run(x, name):
+        try:
+            with torch.no_grad():
+                return fm.fn(fm.params, x)
+        except (RuntimeError, IndexError, TypeError, ValueError) as err:
+            raise ValueError(
+                f"the model's forward pass failed on {name} (shape {shapes[name]}, dtype "
+                f"{x.dtype}): {type(err).__name__}: {err}"
+            ) from err
+
+    k = min(4, x1.shape[0])
+    batch = x1[:k]
+    if x2 is not None:
+        run(x2[: min(4, x2.shape[0])], "x2")
+        batch = torch.cat([batch, x2[:k]])
+    if batch.shape[0] < 2 and batch.is_floating_point():
+        batch = torch.cat([batch, 2.0 * batch + 1.0])  # a different companion sample
+    together = run(batch, "x1")
+    alone = run(x1[:1], "x1")
+    if batch.shape[0] < 2 or not isinstance(together, torch.Tensor):
+        return
+    a, b = alone[0].double(), together[0].double()
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    tol = 1e-4 * scale + 1e-6 if together.dtype != torch.float64 else 1e-9 * scale + 1e-12
+    if a.shape != b.shape or float((a - b).abs().max()) > tol:
+        raise ValueError(
+            "the model's output for a sample depends on the other samples in the batch (or "
+            "on randomness): sample 0 of x1 gives different outputs alone and in a batch "
+            f"(largest difference {float((a - b).abs().max()):.3g}). The empirical NTK is "
+            "defined per sample; remove batch statistics (x - x.mean(0), train-mode "
+            "BatchNorm) and train-mode dropout, e.g. model.eval()."
+        )
 
 
 def empirical_ntk(
@@ -119,6 +168,7 @@ def empirical_ntk(
         )
     fm = functionalize(model, params)
     x1, x2, dtype, device, out_device = _inputs(fm, x1, x2)
+    check_forward(fm, x1, x2)
     with transform_safe():
         return _empirical_ntk(
             fm,
@@ -148,7 +198,7 @@ def _empirical_ntk(
         raise ValueError(
             f"mode='diagonal' pairs x1[i] with x2[i]; x2 must be None or have {n1} rows, got {n2}."
         )
-    budget = default_max_memory(device) if max_memory is None else int(max_memory)
+    budget = resolve_max_memory(max_memory, device)
     itemsize = torch.finfo(dtype).bits // 8
     sym = x2 is None
     ctx = CostContext(
@@ -210,7 +260,7 @@ def _ntk_vp(fm, x1, xb, v, prof, max_memory, out_device):
     dtype, device = _model_place(fm)
     o = prof.out_numel
     m = 1 if v.ndim == 2 else v.shape[2]
-    budget = default_max_memory(device) if max_memory is None else int(max_memory)
+    budget = resolve_max_memory(max_memory, device)
     itemsize = torch.finfo(dtype).bits // 8
     per_sample = 3 * prof.act_bytes * m + 2 * o * m * itemsize
     fixed = 2 * prof.total_params * itemsize * m

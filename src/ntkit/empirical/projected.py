@@ -28,7 +28,7 @@ from ntkit.empirical.modes import ModeSpec, mode_spec
 from ntkit.empirical.profile import ModelProfile, profile
 from ntkit.empirical.projection import Projector, factor_temp_entries, hash_entries
 from ntkit.empirical.structured import StructuredFeaturizer, feature_bytes
-from ntkit.settings import default_max_memory, format_bytes
+from ntkit.settings import format_bytes, resolve_max_memory
 
 __all__ = [
     "FEATURE_MODES",
@@ -270,7 +270,7 @@ def ntk_features(
     logit: int | None = None,
     seed: int = 0,
     params=None,
-    max_memory: int | None = None,
+    max_memory: int | str | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
     """Random-projection tangent features: ``phi(x1) @ phi(x2).T`` estimates the NTK.
@@ -294,8 +294,9 @@ def ntk_features(
         logit: Output index for ``mode="logit"``.
         seed: Seed of the projection.
         params: Parameters to differentiate in (as in :func:`ntkit.empirical_ntk`).
-        max_memory: Memory budget in bytes (default: half the available memory); inputs
-            and output directions are chunked to fit, or a ``ValueError`` gives the estimate.
+        max_memory: Memory budget in bytes or a string such as ``"2GiB"`` (default: half
+            the available memory); inputs and output directions are chunked to fit, or a
+            ``ValueError`` gives the estimate.
         progress: Show a progress bar when the work is split into several chunks.
 
     Returns:
@@ -320,7 +321,7 @@ def ntk_features(
         prof = profile(fm, x[:2], use_rules=True)
         spec = mode_spec(mode, logit, prof.out_numel)
         dim = check_dim(dim, prof.total_params)
-        budget = default_max_memory(p0.device) if max_memory is None else int(max_memory)
+        budget = resolve_max_memory(max_memory, p0.device)
         itemsize = torch.finfo(p0.dtype).bits // 8
         plan = plan_projection(prof, spec, x.shape[0], dim, itemsize, budget)
         return projected_features(prof, x, spec, dim, seed, plan, progress)

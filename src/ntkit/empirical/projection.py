@@ -146,11 +146,15 @@ class Projector:
         else:
             cs_x = self._sketch(f.x, hx, sx)  # (c, P, dim)
         hg, sg = self._side(key, "out", a, d0, kc)
-        fx = torch.fft.rfft(cs_x, dim=-1)
+        # FFTs run in float32 at least (no half-precision FFT on the CPU)
+        fft_dtype = torch.promote_types(g.dtype, torch.float32)
+        fx = torch.fft.rfft(cs_x.to(fft_dtype), dim=-1)
         del cs_x
         if self.how == "full":
-            fg = torch.fft.rfft(self._sketch(g, hg, sg), dim=-1)  # (c, kc, P, F)
-            return torch.fft.irfft((fg * fx[:, None]).sum(2), n=self.dim, dim=-1)
-        gp = g.permute(0, 2, 1, 3).reshape(c, p, kc * a)
-        fg = torch.fft.rfft(self._sketch(gp, hg, sg), dim=-1)  # (c, P, F)
-        return torch.fft.irfft((fg * fx).sum(1), n=self.dim, dim=-1)
+            fg = torch.fft.rfft(self._sketch(g, hg, sg).to(fft_dtype), dim=-1)  # (c, kc, P, F)
+            out = torch.fft.irfft((fg * fx[:, None]).sum(2), n=self.dim, dim=-1)
+        else:
+            gp = g.permute(0, 2, 1, 3).reshape(c, p, kc * a)
+            fg = torch.fft.rfft(self._sketch(gp, hg, sg).to(fft_dtype), dim=-1)  # (c, P, F)
+            out = torch.fft.irfft((fg * fx).sum(1), n=self.dim, dim=-1)
+        return out.to(g.dtype)

@@ -48,6 +48,7 @@ from ntkit.layers.conv_transpose import ConvTranspose
 from ntkit.layers.dense import Dense, Flatten, Identity
 from ntkit.layers.dropout import Dropout
 from ntkit.layers.graph import Aggregate, Graphs, graph_context
+from ntkit.layers.masking import Masked, mask_context
 from ntkit.layers.normalization import LayerNorm
 from ntkit.layers.pooling import AvgPool, GlobalAvgPool, GlobalSumPool, SumPool
 from ntkit.layers.recurrent import Recurrent
@@ -89,6 +90,7 @@ __all__ = [
     "LayerNorm",
     "LayerSpecError",
     "LeakyReLU",
+    "Masked",
     "Monomial",
     "Parallel",
     "Polynomial",
@@ -102,6 +104,7 @@ __all__ = [
     "Sin",
     "SumPool",
     "graph_context",
+    "mask_context",
     "parallel",
     "repeat",
     "serial",

@@ -61,7 +61,16 @@ def differentiable_kernel(compute, net, x1, x2, *, get, dtype, max_memory) -> Ke
         The :class:`Kernel` of ``compute``, whose tensors carry a ``grad_fn``.
     """
     from ntkit._validation import as_batch, check_same_features
+    from ntkit.layers.graph import Graphs
+    from ntkit.layers.masking import Masked
     from ntkit.settings import default_kernel_dtype
+
+    if isinstance(x1, (Graphs, Masked)) or isinstance(x2, (Graphs, Masked)):
+        raise TypeError(
+            "gradients with respect to tensor-valued layer parameters are not available for "
+            "ntkit.layers.Graphs or Masked inputs yet; pass the parameters as numbers "
+            "(gradients with respect to the features themselves do work)."
+        )
 
     dtype = default_kernel_dtype() if dtype is None else dtype
     if not dtype.is_floating_point:

@@ -22,6 +22,7 @@ import torch
 from ntkit._host import retained_heap, run_parallel
 from ntkit.kernel import Kernel
 from ntkit.layers._autograd import differentiable_kernel, needs_grad
+from ntkit.layers._finite import check_finite_kernel, check_input_scale
 from ntkit.layers._planner import KernelProblem, parse_get, plan_tiles, prepare, tile_ranges
 from ntkit.layers._sink import MemorySink
 from ntkit.layers._tile import kernel_tile
@@ -60,6 +61,9 @@ def run_problem(
         into: Write the result into these tensors (views of a larger result) instead of
             allocating it; see :class:`._sink.MemorySink`.
     """
+    check_input_scale(problem.x1, "x1")
+    if not problem.symmetric:
+        check_input_scale(problem.x2, "x2")
     workers = default_workers(problem.device) if workers is None else int(workers)
     plan = plan_tiles(problem, workers=workers)
     sink = MemorySink(problem, into=into)
@@ -69,7 +73,12 @@ def run_problem(
         patterns = None
         if problem.pattern1 is not None:
             patterns = (problem.pattern1[a0:a1], problem.pattern2[j0:j1])
-        block = kernel_tile(net, x1[a0:a1], x2[j0:j1], layout, shift=a0 - j0, patterns=patterns)
+        masks = None
+        if problem.mask1 is not None:
+            masks = (problem.mask1[a0:a1], problem.mask2[j0:j1])
+        block = kernel_tile(
+            net, x1[a0:a1], x2[j0:j1], layout, shift=a0 - j0, patterns=patterns, masks=masks
+        )
         sink.write(a0, a1, j0, j1, block)
 
     tiles = tile_ranges(problem.n1, problem.n2, plan, problem.symmetric)
@@ -80,7 +89,9 @@ def run_problem(
                 tile(*t)
         else:
             run_parallel(tile, tiles, workers)
-    return sink.result()
+    result = sink.result()
+    check_finite_kernel(net, result, problem.x1, problem.x2, problem.layout)
+    return result
 
 
 def default_workers(device: torch.device) -> int:

@@ -103,10 +103,24 @@ def hyperparameter(
 
 
 def tracks_grad(*values) -> bool:
-    """Whether autograd records operations on any of ``values`` (so in-place is unsafe)."""
+    """Whether autograd records operations on any of ``values`` (so in-place is unsafe).
+
+    Reverse mode (a tensor that requires grad) or forward mode (a dual tensor of
+    ``torch.autograd.forward_ad``: its tangent must reach the kernel, so the layers take
+    their out-of-place path whose custom functions define ``jvp``).
+    """
+    if any(isinstance(v, torch.Tensor) and _is_dual(v) for v in values):
+        return True
     if not torch.is_grad_enabled():
         return False
     return any(isinstance(v, torch.Tensor) and v.requires_grad for v in values)
+
+
+def _is_dual(v: torch.Tensor) -> bool:
+    """Whether ``v`` carries a forward-mode tangent."""
+    import torch.autograd.forward_ad as fwad
+
+    return fwad.unpack_dual(v).tangent is not None
 
 
 def layer_hyperparameters(net) -> list[torch.Tensor]:
@@ -183,6 +197,7 @@ class _SafeSqrt(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
 
     @staticmethod
     def backward(ctx, grad):
@@ -190,6 +205,14 @@ class _SafeSqrt(torch.autograd.Function):
         positive = root > 0
         safe = torch.where(positive, root, torch.ones_like(root))
         return torch.where(positive, grad / (2.0 * safe), torch.zeros_like(grad))
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        # forward mode (dual tensors): the same derivative, 0 on the correlated manifold
+        (root,) = ctx.saved_tensors
+        positive = root > 0
+        safe = torch.where(positive, root, torch.ones_like(root))
+        return torch.where(positive, tangent / (2.0 * safe), torch.zeros_like(tangent))
 
 
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:

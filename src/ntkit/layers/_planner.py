@@ -28,7 +28,8 @@ from ntkit.kernel import Kernel
 from ntkit.layers._footprint import Footprint, recording
 from ntkit.layers._tile import TileLayout, input_covariance, input_kernel, input_variances
 from ntkit.layers.graph import split_graphs
-from ntkit.settings import default_kernel_dtype, default_max_memory, format_bytes
+from ntkit.layers.masking import split_masked
+from ntkit.settings import default_kernel_dtype, format_bytes, resolve_max_memory
 
 #: Tile size (kernel entries) for the layer chain on CPU: 2 MiB float64 arrays, cache-sized.
 CPU_TILE_ENTRIES = 2**18
@@ -66,6 +67,8 @@ class KernelProblem:
         budget: Memory budget in bytes.
         pattern1: Dense adjacency of ``x1``'s graphs (graph inputs), else ``None``.
         pattern2: Likewise for ``x2`` (the same tensor as ``pattern1`` when symmetric).
+        mask1: Masks of real positions of ``x1`` (masked inputs), else ``None``.
+        mask2: Likewise for ``x2``.
     """
 
     x1: torch.Tensor
@@ -80,6 +83,8 @@ class KernelProblem:
     budget: int
     pattern1: torch.Tensor | None = None
     pattern2: torch.Tensor | None = None
+    mask1: torch.Tensor | None = None
+    mask2: torch.Tensor | None = None
 
     @property
     def n1(self) -> int:
@@ -142,6 +147,10 @@ def prepare(
     dtype = default_kernel_dtype() if dtype is None else dtype
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating dtype; got {dtype}.")
+    x1, m1 = split_masked(x1, "x1")
+    x2, m2 = split_masked(x2, "x2") if x2 is not None else (None, m1)
+    if (m1 is None) != (m2 is None):
+        raise TypeError("x1 and x2 must both be ntkit.layers.Masked, or neither.")
     x1, p1 = split_graphs(x1, "x1", dtype)
     x2, p2 = split_graphs(x2, "x2", dtype) if x2 is not None else (None, p1)
     if (p1 is None) != (p2 is None):
@@ -165,7 +174,12 @@ def prepare(
             )
     if symmetric and p1 is not None and p2 is not p1:
         symmetric = p2.shape == p1.shape and torch.equal(p1, p2.to(p1.device))
+    if symmetric and m1 is not None and m2 is not m1:
+        symmetric = m2.shape == m1.shape and torch.equal(m1, m2.to(m1.device))
     x2 = x1 if symmetric else x2
+    if m1 is not None:
+        m1 = m1.to(x1.device)
+        m2 = m1 if symmetric else m2.to(x1.device)
     if p1 is not None:
         p1 = p1.to(x1.device)
         p2 = p1 if symmetric else p2.to(x1.device)
@@ -184,7 +198,7 @@ def prepare(
     layout = TileLayout(in_shape, diagonal_spatial, want_ntk, symmetric)
 
     itemsize = torch.finfo(dtype).bits // 8
-    budget = default_max_memory(x1.device) if max_memory is None else int(max_memory)
+    budget = resolve_max_memory(max_memory, x1.device)
     check_one_pair_fits(x1, diagonal_spatial, want_ntk, itemsize, budget)
 
     # Probe one pair: validates the description and records working memory per pair.
@@ -197,6 +211,7 @@ def prepare(
             x1_is_x2=False,
             shift=0,
             patterns=None if p1 is None else (p1[:1], p2[:1]),
+            masks=None if m1 is None else (m1[:1], m2[:1]),
         )
         probe = net.apply_kernel(probe_in)
     if isinstance(probe, list):
@@ -214,6 +229,8 @@ def prepare(
         budget=budget,
         pattern1=p1,
         pattern2=p2,
+        mask1=m1,
+        mask2=m2,
     )
 
 

@@ -102,4 +102,6 @@ class MemorySink:
             pair_shift=0,
             pattern1=None,
             pattern2=None,
+            mask1=None,
+            mask2=None,
         )

@@ -72,11 +72,20 @@ def input_covariance(x1: torch.Tensor, x2: torch.Tensor, diagonal_spatial: bool)
 
 
 def input_kernel(
-    nngp, cov1, cov2, layout: TileLayout, *, x1_is_x2: bool, shift: int, patterns=None
+    nngp,
+    cov1,
+    cov2,
+    layout: TileLayout,
+    *,
+    x1_is_x2: bool,
+    shift: int,
+    patterns=None,
+    masks=None,
 ) -> Kernel:
     """The kernel entering the first layer: input covariances, zero NTK.
 
-    ``patterns``: ``(rows' adjacency, columns' adjacency)`` for graph inputs, or ``None``.
+    ``patterns``: ``(rows' adjacency, columns' adjacency)`` for graph inputs, or ``None``;
+    ``masks``: ``(rows' masks, columns' masks)`` for masked inputs, or ``None``.
     """
     return Kernel(
         nngp=nngp,
@@ -91,6 +100,8 @@ def input_kernel(
         pair_shift=shift,
         pattern1=None if patterns is None else patterns[0],
         pattern2=None if patterns is None else patterns[1],
+        mask1=None if masks is None else masks[0],
+        mask2=None if masks is None else masks[1],
     )
 
 
@@ -102,6 +113,7 @@ def kernel_tile(
     *,
     shift: int = 0,
     patterns=None,
+    masks=None,
 ):
     """The kernel of one block of pairs: rows ``x1_rows`` against columns ``x2_cols``.
 
@@ -114,6 +126,7 @@ def kernel_tile(
             the diagonal: ``x2_cols[:r]`` is ``x1_rows``, and that square is made exactly
             symmetric with the exact variances on its diagonal.
         patterns: For graph inputs, the adjacency of the rows and of the columns.
+        masks: For masked inputs, the masks of the rows and of the columns.
 
     Returns:
         The :class:`~ntkit.Kernel` of the block (``nngp``: ``(r, c, ...)``; ``cov1``: the
@@ -136,6 +149,7 @@ def kernel_tile(
         x1_is_x2=layout.symmetric,
         shift=shift,
         patterns=patterns,
+        masks=masks,
     )
     del block
     with paused():  # tiles never add to a caller's footprint recording

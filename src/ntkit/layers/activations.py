@@ -21,6 +21,7 @@ import torch
 
 from ntkit.errors import LayerSpecError
 from ntkit.kernel import Kernel
+from ntkit.layers import _gauss
 from ntkit.layers._params import (
     hyperparameter,
     safe_sqrt,
@@ -128,6 +129,16 @@ def _sine_gap(q12, q11, q22):
     """
     # No fused multiply-add here: with q11 = q22 = q12 both products round identically and
     # the gap is exactly 0 (theta = 0), which an FMA would turn into sqrt(eps) noise.
+    if _product_out_of_range(q11, q22):
+        # q11 q22 would underflow or overflow (inputs scaled by 1e-100 or 1e100): the same
+        # formula on the pair's values divided by their larger variance, times it
+        m = torch.maximum(q11, q22)
+        m = torch.where(m > 0, m, torch.ones_like(m))
+        a, b, c = q11 / m, q22 / m, q12 / m
+        gap = safe_sqrt((a * b - c * c).clamp_min(0.0)) * m
+        theta = torch.atan2(gap, q12)
+        degenerate = ((q11 == 0) | (q22 == 0)).expand_as(theta)
+        return gap, theta.masked_fill(degenerate, math.pi / 2.0)
     if tracks_grad(q12, q11, q22):
         # Differentiable: the gap's derivative at 0 is taken along the perfectly correlated
         # manifold (0), and degenerate pairs get a constant angle with a finite derivative.
@@ -144,6 +155,17 @@ def _sine_gap(q12, q11, q22):
         degenerate = (q11 * q22 == 0).expand_as(theta)
         theta = theta.masked_fill_(degenerate, math.pi / 2.0)
     return gap, theta
+
+
+def _product_out_of_range(q11, q22) -> bool:
+    """Whether ``q11 * q22`` underflows or overflows for some pair (nonzero variances)."""
+    info = torch.finfo(q11.dtype)
+    q11, q22 = q11.detach(), q22.detach()
+    lo = float(torch.where(q11 > 0, q11, math.inf).min()) * float(
+        torch.where(q22 > 0, q22, math.inf).min()
+    )
+    hi = float(q11.max()) * float(q22.max())
+    return (lo < info.tiny * 2**60 and lo != math.inf) or hi > info.max / 2**60
 
 
 # ----------------------------------------------------------------------------- ReLU family
@@ -202,10 +224,36 @@ class _ArcCosine(torch.autograd.Function):
         dot = h - f * theta
         nngp = f * gap + dot * q12
         ctx.save_for_backward(q12, q11, q22, gap, theta, dot)
+        ctx.save_for_forward(q12, q11, q22, gap, theta, dot)
         ctx.f = f
         ctx.shapes = (q12.shape, q11.shape, q22.shape)
         ctx.tensor_params = (isinstance(f, torch.Tensor), isinstance(h, torch.Tensor))
         return nngp, dot
+
+    @staticmethod
+    def jvp(ctx, t12, t11, t22, tf, th):
+        """Forward mode (dual tensors): the partial derivatives above times the tangents."""
+        q12, q11, q22, gap, theta, dot = ctx.saved_tensors
+        f = ctx.f.detach() if isinstance(ctx.f, torch.Tensor) else ctx.f
+        positive = gap > 0
+        inv_gap = torch.where(positive, 1.0 / torch.where(positive, gap, 1.0), 0.0)
+        d_nngp = torch.zeros_like(dot)
+        d_dot = torch.zeros_like(dot)
+        if t12 is not None:
+            d_nngp = d_nngp + dot * t12
+            d_dot = d_dot + f * inv_gap * t12
+        for t, q in ((t11, q11), (t22, q22)):
+            if t is not None:
+                inv_q = 1.0 / torch.where(q > 0, q, 1.0)
+                d_nngp = d_nngp + (f / 2.0) * gap * inv_q * t
+                d_dot = d_dot - (f / 2.0) * q12 * inv_gap * inv_q * t
+        if isinstance(tf, torch.Tensor):
+            d_nngp = d_nngp + (gap - theta * q12) * tf
+            d_dot = d_dot - theta * tf
+        if isinstance(th, torch.Tensor):
+            d_nngp = d_nngp + q12 * th
+            d_dot = d_dot + th
+        return d_nngp, d_dot
 
     @staticmethod
     def backward(ctx, g_nngp, g_dot):
@@ -314,20 +362,49 @@ class Erf(_ScaledShifted):
 
     def expectations(self, q12, q11, q22, need_dot):
         b2 = self.b**2
-        s12 = q12 * b2
-        prod = (1.0 + 2.0 * b2 * q11) * (1.0 + 2.0 * b2 * q22)
+        scale = 2.0 * value_of(b2) * max(float(q11.detach().max()), float(q22.detach().max()))
+        if scale * scale > torch.finfo(q12.dtype).max / 2**60:
+            return self._scaled_expectations(q12, q11, q22, need_dot)
+        # D^2 = (1 + 2 b^2 q11)(1 + 2 b^2 q22) - 4 b^4 q12^2, written as
+        # 1 + 2 b^2 (q11 + q22) + 4 b^4 (q11 q22 - q12^2): no cancellation of the large terms
+        # at large variances, and exactly 1 + 4 b^2 q on the diagonal (q11 = q22 = q12 = q)
         if tracks_grad(q12, q11, q22, self.a, self.b, self.c):
-            denom = (prod - 4.0 * s12 * s12).clamp_min(0.0).sqrt()
-            nngp = torch.atan2(2.0 * s12, denom) * (self.a**2 * 2.0 / math.pi) + self.c**2
+            gap = (q11 * q22 - q12 * q12).clamp_min(0.0)
+            denom = (1.0 + 2.0 * b2 * (q11 + q22) + 4.0 * b2 * b2 * gap).sqrt()
+            nngp = torch.atan2(2.0 * b2 * q12, denom) * (self.a**2 * 2.0 / math.pi) + self.c**2
             dot = self.a**2 * b2 * (4.0 / math.pi) / denom if need_dot else None
             return nngp, dot
-        denom = torch.addcmul(prod, s12, s12, value=-4.0).clamp_min_(0.0).sqrt_()
-        nngp = torch.atan2(2.0 * s12, denom).mul_(self.a**2 * 2.0 / math.pi)
+        gap = (q11 * q22).sub_(q12 * q12).clamp_min_(0.0).mul_(4.0 * b2 * b2)
+        denom = gap.add_(q11 + q22, alpha=2.0 * value_of(b2)).add_(1.0).sqrt_()
+        if isinstance(b2, torch.Tensor):  # alpha must be a number; redo with the tensor
+            denom = (
+                1.0
+                + 2.0 * b2 * (q11 + q22)
+                + 4.0 * b2 * b2 * (q11 * q22 - q12 * q12).clamp_min(0.0)
+            ).sqrt()
+        nngp = torch.atan2(q12 * (2.0 * b2), denom).mul_(self.a**2 * 2.0 / math.pi)
         if self.c:
             nngp.add_(self.c**2)
         dot = None
         if need_dot:
             dot = torch.reciprocal(denom).mul_(self.a**2 * b2 * 4.0 / math.pi)
+        return nngp, dot
+
+    def _scaled_expectations(self, q12, q11, q22, need_dot):
+        """The same at variances so large that ``(2 b^2 q)^2`` overflows: divided by it.
+
+        Variances of ``1e154`` and more give the sign function's kernel in the limit (not 0).
+        """
+        b2 = self.b**2
+        m = torch.maximum(q11, q22)
+        m = torch.where(m > 0, m, torch.ones_like(m))
+        u = 1.0 / (2.0 * b2 * m)
+        x1, x2, x12 = q11 / m, q22 / m, q12 / m
+        inner = (u * u + u * (x1 + x2) + (x1 * x2 - x12 * x12).clamp_min(0.0)).sqrt()
+        nngp = torch.atan2(x12, inner) * (self.a**2 * 2.0 / math.pi) + self.c**2
+        dot = None
+        if need_dot:
+            dot = (self.a**2 * b2 * (4.0 / math.pi)) / (inner * (2.0 * b2 * m))
         return nngp, dot
 
     def __repr__(self):
@@ -670,8 +747,7 @@ class RectifiedMonomial(Activation):
 
     def expectations(self, q12, q11, q22, need_dot):
         n = self.degree
-        prod = q11 * q22
-        norm = safe_sqrt(prod)
+        norm = safe_sqrt(q11) * safe_sqrt(q22)  # no underflow of q11 q22 at tiny scales
         gap, theta = _sine_gap(q12, q11, q22)
         positive = norm > 0
         safe = torch.where(positive, norm, torch.ones((), dtype=norm.dtype, device=norm.device))
@@ -694,21 +770,39 @@ class RectifiedMonomial(Activation):
 
 # ----------------------------------------------------------------------------- any function
 class Elementwise(Activation):
-    """Any elementwise nonlinearity, by formula or by Gauss-Hermite quadrature.
+    """Any elementwise nonlinearity, by formula or by Gaussian quadrature to a tolerance.
 
     - With ``nngp_fn(q12, q11, q22) -> E[phi(u) phi(v)]`` the kernel uses it; ``dot_fn`` with
       the same signature gives ``E[phi' phi']`` and defaults to ``d nngp_fn / d q12`` by
       autograd (Price's theorem).
-    - Otherwise ``fn`` must be a torch-expressible elementwise function; both expectations
-      are computed by 2-D Gauss-Hermite quadrature with ``degree`` nodes per axis, the
-      derivative ``phi'`` by autograd. Quadrature converges fast for smooth ``phi`` and
-      slowly for kinks (prefer the closed-form classes there).
+    - Otherwise ``fn`` must be a torch-expressible elementwise function, and both
+      expectations (``phi' `` by autograd) are computed to the relative tolerance ``rtol``:
+      ``|error| <= rtol * sqrt(E[phi(u)^2] E[phi(v)^2])`` for every pre-activation variance in
+      ``[1e-6, 1e6]`` and every correlation in ``[-1, 1]`` (outside that variance range, or
+      where the tolerance cannot be reached, the kernel raises ``ValueError``).
+
+    Method (:mod:`ntkit.layers._gauss`): Mehler's expansion
+    ``E[phi(u) phi(v)] = sum_k c_k(s1) c_k(s2) rho^k`` in the correlation, with the Hermite
+    coefficients ``c_k(s) = E[phi(s z) He_k(z)] / sqrt(k!)`` tabulated once per layer over
+    ``log10 s`` (piecewise Chebyshev interpolation, checked against direct quadrature) and
+    the series cut where its Cauchy-Schwarz tail bound ``|rho|^(K+1) t_K(s1) t_K(s2)`` (``t_K``
+    the coefficients' remaining energy) is below ``rtol / 2``; pairs whose bound stays above
+    it (correlations near +-1) are integrated directly (1-D at ``|rho| = 1``, nested 2-D
+    otherwise). Every integral is a composite Gauss-Legendre rule whose panels resolve the
+    Gaussian (1/4 standard deviation) and ``phi`` (1/4 on ``[-8, 8]``, and at the
+    ``breakpoints``), computed with 8 and 12 nodes per panel; their difference must stay
+    below the tolerance, otherwise the kernel raises. ``phi`` is assumed to vary on a scale of
+    about 1 or more, with kinks or jumps only at integers in ``[-8, 8]`` or at ``breakpoints``
+    (hardtanh, ReLU6, SELU, step: nothing to declare).
 
     Args:
         fn: The nonlinearity (needed for the finite network and for quadrature).
         nngp_fn: Optional closed form of ``E[phi(u) phi(v)]``.
         dot_fn: Optional closed form of ``E[phi'(u) phi'(v)]``.
-        degree: Quadrature nodes per axis (default 32).
+        rtol: Relative tolerance of the quadrature (default ``1e-8``).
+        breakpoints: Points where ``fn`` or its derivative jumps, if not integers in [-8, 8].
+        degree: Legacy fixed 2-D Gauss-Hermite rule with this many nodes per axis instead
+            (fast, exact for polynomials of degree < 2 degree; no accuracy guarantee).
         odd: Declare ``fn`` odd (lets zero-mean branches stay zero-mean for fan-in rules).
     """
 
@@ -718,7 +812,9 @@ class Elementwise(Activation):
         nngp_fn: Callable | None = None,
         dot_fn: Callable | None = None,
         *,
-        degree: int = 32,
+        rtol: float = 1e-8,
+        breakpoints: Sequence[float] = (),
+        degree: int | None = None,
         odd: bool = False,
     ):
         if fn is None and nngp_fn is None:
@@ -728,11 +824,18 @@ class Elementwise(Activation):
         self._fn = fn
         self.nngp_fn = nngp_fn
         self.dot_fn = dot_fn
-        self.degree = _check_degree(degree, "Elementwise")
-        if self.degree < 1:
+        self.rtol = float(hyperparameter(rtol, "Elementwise rtol", minimum=1e-13, maximum=0.1))
+        self.breakpoints = tuple(
+            float(hyperparameter(b, "Elementwise breakpoints")) for b in breakpoints
+        )
+        self.degree = None if degree is None else _check_degree(degree, "Elementwise")
+        if self.degree is not None and self.degree < 1:
             raise ValueError("Elementwise degree must be at least 1.")
         self.odd = bool(odd)
-        self.memory_factor = 4.0 + 2.0 * self.degree
+        if self.degree is not None:
+            self.memory_factor = 4.0 + 2.0 * self.degree
+        else:
+            self.memory_factor = 24.0
 
     def fn(self, x):
         if self._fn is None:
@@ -742,19 +845,35 @@ class Elementwise(Activation):
     def _derivative(self, x: torch.Tensor) -> torch.Tensor:
         if tracks_grad(x):  # keep the graph: the kernel is being differentiated
             y = self._fn(x)
+            if not y.requires_grad:  # piecewise constant (a step): zero almost everywhere
+                return torch.zeros_like(x)
             (g,) = torch.autograd.grad(y.sum(), x, allow_unused=True, create_graph=True)
             return torch.zeros_like(x) if g is None else g
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             y = self._fn(x)
+            if not y.requires_grad:
+                return torch.zeros_like(x)
             (g,) = torch.autograd.grad(y.sum(), x, allow_unused=True)
         return torch.zeros_like(x) if g is None else g.detach()
 
     def expectations(self, q12, q11, q22, need_dot):
         if self.nngp_fn is not None:
             return self._closed_form(q12, q11, q22, need_dot)
-        nngp = self._quadrature(self._fn, q12, q11, q22)
-        dot = self._quadrature(self._derivative, q12, q11, q22) if need_dot else None
+        if self.degree is not None:
+            nngp = self._quadrature(self._fn, q12, q11, q22)
+            dot = self._quadrature(self._derivative, q12, q11, q22) if need_dot else None
+            return nngp, dot
+        name = repr(self)
+        tol = self.rtol / 10.0
+        table = _gauss.table_for(self, "_fn_table", self._fn, self.breakpoints, tol, name)
+        nngp = _gauss.expectation(table, table, q12, q11, q22, self.rtol, name)
+        dot = None
+        if need_dot:
+            dtable = _gauss.table_for(
+                self, "_dot_table", self._derivative, self.breakpoints, tol, name
+            )
+            dot = _gauss.expectation(dtable, dtable, q12, q11, q22, self.rtol, name)
         return nngp, dot
 
     def _closed_form(self, q12, q11, q22, need_dot):

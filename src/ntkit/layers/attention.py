@@ -33,6 +33,7 @@ from ntkit.layers._params import hyperparameter, tracks_grad, value_of
 from ntkit.layers.base import Layer, Shape, require_full_layout
 from ntkit.layers.conv import spatial_input
 from ntkit.layers.dense import check_std
+from ntkit.layers.masking import check_mask, current_mask
 from ntkit.layers.positional import PositionalEmbedding, position_covariance
 
 __all__ = ["GlobalSelfAttention", "SelfAttentionNTK"]
@@ -40,8 +41,16 @@ __all__ = ["GlobalSelfAttention", "SelfAttentionNTK"]
 MECHANISMS = ("softmax", "identity", "relu", "abs")
 
 
-def _attend(logits: torch.Tensor, mechanism: str) -> torch.Tensor:
-    """Attention weights from logits ``(..., S, S)`` (softmax over the last axis)."""
+def _attend(logits: torch.Tensor, mechanism: str, keys=None) -> torch.Tensor:
+    """Attention weights from logits ``(..., S, S)`` (softmax over the last axis).
+
+    ``keys``: boolean ``(n, S)`` real positions (masked inputs): other keys get weight 0.
+    """
+    if keys is not None:
+        keys = keys.reshape(keys.shape[0], *([1] * (logits.ndim - 2)), keys.shape[-1])
+        if mechanism == "softmax":
+            return torch.softmax(logits.masked_fill(~keys, float("-inf")), dim=-1)
+        return _attend(logits, mechanism) * keys.to(logits.dtype)
     if mechanism == "softmax":
         return torch.softmax(logits, dim=-1)
     if mechanism == "relu":
@@ -49,6 +58,11 @@ def _attend(logits: torch.Tensor, mechanism: str) -> torch.Tensor:
     if mechanism == "abs":
         return logits.abs()
     return logits
+
+
+def _key_mask(mask):
+    """``(n, *spatial)`` -> ``(n, S)`` in the C order of :func:`_to_matrix`, or ``None``."""
+    return None if mask is None else mask.reshape(mask.shape[0], -1)
 
 
 class SelfAttentionNTK(nn.Module):
@@ -128,7 +142,7 @@ class SelfAttentionNTK(nn.Module):
         keys = key_tokens @ self.key_weight  # (n, heads, S, d_k)
         d_k = keys.shape[-1]
         logits = keys @ keys.transpose(-1, -2) * (self.qk_std / (key_tokens.shape[-1] * d_k))
-        weights = _attend(logits, self.mechanism)  # (n, heads, S, S)
+        weights = _attend(logits, self.mechanism, _key_mask(current_mask(x)))  # (n, heads, S, S)
         heads = weights @ (value_tokens @ self.value_weight)  # (n, heads, S, d_v)
         heads = heads.transpose(1, 2).reshape(n, heads.shape[2], -1)  # (n, S, heads * d_v)
         scale = self.ov_std / math.sqrt(value_tokens.shape[-1] * heads.shape[-1])
@@ -273,12 +287,14 @@ class GlobalSelfAttention(Layer):
             return pos.interpolate(m, r, k.shape[0], self.pos_emb_std)
 
         cov1 = _to_matrix(k.cov1, 1, n_sp, lengths)  # (n1, S, S)
-        a1 = _attend(mixed(cov1) * self.qk_std, self.mechanism)
+        check_mask(repr(self), k.mask1, lengths)
+        check_mask(repr(self), k.mask2, lengths)
+        a1 = _attend(mixed(cov1) * self.qk_std, self.mechanism, _key_mask(k.mask1))
         if k.cov2 is None:
             cov2, a2 = None, a1
         else:
             cov2 = _to_matrix(k.cov2, 1, n_sp, lengths)
-            a2 = _attend(mixed(cov2) * self.qk_std, self.mechanism)
+            a2 = _attend(mixed(cov2) * self.qk_std, self.mechanism, _key_mask(k.mask2))
         cov1, cov2 = mixed(cov1, True), None if cov2 is None else mixed(cov2, True)
 
         def weigh(m, left, right):

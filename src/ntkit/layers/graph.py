@@ -47,7 +47,8 @@ def dense_adjacency(adjacency, n: int, nodes: int, dtype, device, who: str) -> t
 
     Accepts a dense ``(n, N, N)`` tensor/array, a torch sparse COO tensor of that shape, or
     integer edge lists ``(n, E, 2)`` of ``(tail, head)`` pairs (weight 1 each, repeats add
-    up; rows with a negative entry are padding and ignored).
+    up; rows with a negative entry are padding and ignored). An integer ``(n, 2, 2)`` tensor
+    for graphs of 2 nodes is ambiguous and read as dense.
 
     Raises:
         ValueError: a wrong shape, non-finite weights or out-of-range node indices.

@@ -20,6 +20,7 @@ from ntkit.kernel import Kernel
 from ntkit.layers._spatial import check_padding, window_sum
 from ntkit.layers.base import Layer, Shape, require_full_layout
 from ntkit.layers.conv import SpatialPad, WindowedLayer, flat_pads, spatial_input
+from ntkit.layers.masking import check_mask, current_mask
 
 __all__ = ["AvgPool", "GlobalAvgPool", "GlobalSumPool", "SumPool"]
 
@@ -145,6 +146,11 @@ class GlobalPoolModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(n, C, *spatial)`` -> ``(n, C)``."""
         dims = tuple(range(2, x.ndim))
+        mask = current_mask(x)
+        if mask is not None:  # real positions only (see ntkit.layers.masking)
+            m = mask.unsqueeze(1).to(x.dtype)
+            total = (x * m).sum(dim=dims)
+            return total / m.sum(dim=dims) if self.average else total
         return x.mean(dim=dims) if self.average else x.sum(dim=dims)
 
     def extra_repr(self) -> str:
@@ -164,6 +170,8 @@ class _GlobalPool(Layer):
 
     def kernel_rule(self, k: Kernel) -> Kernel:
         require_full_layout(self.name, k)
+        if k.mask1 is not None:
+            return _masked_global_pool(self.name, k, self.average)
         spatial = math.prod(k.shape[1:])
         scale = 1.0 / spatial**2 if self.average else 1.0
 
@@ -193,6 +201,43 @@ class GlobalSumPool(_GlobalPool):
     """Sum over all spatial locations; kernel ``sum_{s, s'} K(s, s')``."""
 
     average = False
+
+
+def _masked_global_pool(who: str, k: Kernel, average: bool) -> Kernel:
+    """Global pooling over the real positions of masked inputs only.
+
+    ``K'(x1, x2) = sum_{s in V1, s' in V2} K(s, s') / (|V1| |V2|)`` (average) with ``V`` the
+    real positions of each sample; without the division for sum pooling.
+    """
+    lengths = tuple(k.shape[1:])
+    check_mask(who, k.mask1, lengths)
+    check_mask(who, k.mask2, lengths)
+    n = len(lengths)
+    a, b = "pqrstuvw"[:n], "PQRSTUVW"[:n]
+    pairs = "".join(x + y for x, y in zip(a, b))
+
+    def weights(mask):
+        w = mask.to(k.nngp.dtype)
+        if average:
+            w = w / w.reshape(w.shape[0], -1).sum(dim=1).reshape(-1, *([1] * n))
+        return w
+
+    w1 = weights(k.mask1)
+    w2 = weights(k.mask2)
+
+    def pair(t):
+        return None if t is None else torch.einsum(f"ij{pairs},i{a},j{b}->ij", t, w1, w2)
+
+    def own(t, w):
+        return None if t is None else torch.einsum(f"i{pairs},i{a},i{b}->i", t, w, w)
+
+    return k.replace(
+        nngp=pair(k.nngp),
+        ntk=pair(k.ntk),
+        cov1=own(k.cov1, w1),
+        cov2=own(k.cov2, w2),
+        shape=(k.shape[0],),
+    )
 
 
 def _pooled(k: Kernel, pool, shape) -> Kernel:

@@ -32,6 +32,7 @@ from ntkit.layers._spatial import location_diagonal
 from ntkit.layers.activations import Activation, ReLU
 from ntkit.layers.base import Layer, Shape, single_stream
 from ntkit.layers.dense import check_parameterization, check_std
+from ntkit.layers.masking import check_mask, current_mask
 
 __all__ = ["Recurrent", "RecurrentModule"]
 
@@ -51,9 +52,12 @@ class RecurrentModule(nn.Module):
         scales: ``(a_w, a_u, a_b)``; ``a_b`` ``None`` means no bias.
     """
 
-    def __init__(self, in_channels: int, hidden: int, fn, scales: tuple):
+    def __init__(
+        self, in_channels: int, hidden: int, fn, scales: tuple, return_sequences: bool = False
+    ):
         super().__init__()
         self.fn = fn
+        self.return_sequences = bool(return_sequences)
         self.a_w, self.a_u = float(scales[0]), float(scales[1])
         self.a_b = None if scales[2] is None else float(scales[2])
         self.weight_hh = nn.Parameter(torch.empty(hidden, hidden))
@@ -64,9 +68,11 @@ class RecurrentModule(nn.Module):
             self.bias = nn.Parameter(torch.empty(hidden))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(n, C, T)`` -> ``(n, H)``."""
+        """``(n, C, T)`` -> ``(n, H)``, or ``(n, H, T)`` with ``return_sequences``."""
         inputs = torch.einsum("nct,hc->tnh", x, self.weight_ih) * self.a_u
+        mask = current_mask(x)  # left-padded sequences: states stay 0 before the start
         h = None
+        states = []
         for t in range(inputs.shape[0]):
             g = inputs[t]
             if h is not None:
@@ -74,7 +80,10 @@ class RecurrentModule(nn.Module):
             if self.bias is not None:
                 g = g + self.a_b * self.bias
             h = self.fn(g)
-        return h
+            if mask is not None:
+                h = h * mask[:, t, None].to(h.dtype)
+            states.append(h)
+        return torch.stack(states, dim=-1) if self.return_sequences else h
 
     def extra_repr(self) -> str:
         h, c = self.weight_ih.shape
@@ -86,8 +95,10 @@ class Recurrent(Layer):
 
     ``h_t = phi(W h_(t-1) + U x_t + b)``, ``h_0 = 0``, one ``W``, ``U``, ``b`` for all steps;
     the kernel is the recurrent NTK of Alemohammad et al. 2021 (see the module docstring).
-    All sequences of a batch have the same length ``T`` (the reference result's setting). The
-    output is the post-activation state, so a ``Dense`` readout follows.
+    All sequences of a batch have the same padded length ``T``; sequences of different lengths
+    are left-padded and passed as ``ntkit.layers.Masked(x, mask)`` (states stay 0 until a
+    sequence starts, so the last states are aligned at the ends). The output is the
+    post-activation state, so a ``Dense`` readout follows.
 
     NTK parameterization (default): standard normal weights scaled by ``w_std / sqrt(H)``,
     ``u_std / sqrt(C)`` and ``b_std``. Standard parameterization: ``W ~ N(0, w_std^2 / H)``,
@@ -100,6 +111,9 @@ class Recurrent(Layer):
         u_std: Input weight standard deviation.
         b_std: Bias standard deviation; ``None`` (default) means no bias.
         parameterization: ``"ntk"`` or ``"standard"``.
+        return_sequences: Return every step's state, ``(n, H, T)``, instead of the last (the
+            states of different steps are correlated through the shared weights; pooling
+            over time needs that full covariance, which the layer then computes).
     """
 
     memory_factor = 10.0
@@ -113,6 +127,7 @@ class Recurrent(Layer):
         u_std: float = 1.0,
         b_std: float | None = None,
         parameterization: str = "ntk",
+        return_sequences: bool = False,
     ):
         if isinstance(hidden, bool) or int(hidden) != hidden or hidden < 1:
             raise ValueError(f"Recurrent hidden must be a positive integer; got {hidden}.")
@@ -128,6 +143,7 @@ class Recurrent(Layer):
         self.u_std = check_std(u_std, "u_std", allow_none=False)
         self.b_std = check_std(b_std, "b_std", allow_none=True)
         self.parameterization = check_parameterization(parameterization)
+        self.return_sequences = bool(return_sequences)
 
     def _sequence(self, in_shape: Shape) -> tuple[int, int]:
         single_stream(repr(self), in_shape)
@@ -139,11 +155,12 @@ class Recurrent(Layer):
         return in_shape[0], in_shape[1]
 
     def out_shape(self, in_shape: Shape) -> Shape:
-        self._sequence(in_shape)
-        return (self.hidden,)
+        _, steps = self._sequence(in_shape)
+        return (self.hidden, steps) if self.return_sequences else (self.hidden,)
 
     def input_layout(self, diagonal_spatial):
-        return True  # only same-step input covariances enter
+        # the last state, or same-step pairs of states, need same-step input covariances only
+        return True if not self.return_sequences else diagonal_spatial
 
     def kernel_rule(self, k: Kernel) -> Kernel:
         channels, steps = self._sequence(k.shape)
@@ -153,51 +170,179 @@ class Recurrent(Layer):
                 return t
             return location_diagonal(t, 1, pair=pair)
 
-        q, q_ntk = same_step(k.nngp, True), same_step(k.ntk, True)
-        c1, c2 = same_step(k.cov1, False), same_step(k.cov2, False)
+        act = self.activation
+        want_ntk = k.ntk is not None
+        ss, ths, v1s, v2s = self._aligned(
+            channels,
+            same_step(k.nngp, True),
+            same_step(k.ntk, True),
+            same_step(k.cov1, False),
+            same_step(k.cov2, False),
+            self._active(k, steps),
+        )
+
+        def own(v):
+            return act.expectations(v, v, v, need_dot=False)[0]
+
+        def outputs(s, th, v1, v2):
+            v2 = v1 if v2 is None else v2
+            nngp, dot = act.expectations(s, v1[:, None], v2[None, :], need_dot=want_ntk)
+            return nngp, None if th is None else dot * th
+
+        flags = dict(is_gaussian=False, independent=False, decoupled=True)
+        if not self.return_sequences:
+            nngp, ntk = outputs(ss[-1], ths[-1], v1s[-1], v2s[-1])
+            return k.replace(
+                nngp=nngp,
+                ntk=ntk,
+                cov1=own(v1s[-1]),
+                cov2=None if v2s[-1] is None else own(v2s[-1]),
+                shape=(self.hidden,),
+                diagonal_spatial=False,
+                **flags,
+            )
+        shape = (self.hidden, steps)
+        if k.diagonal_spatial:  # every step's state against the same step's
+            pairs = [outputs(*a) for a in zip(ss, ths, v1s, v2s)]
+            return k.replace(
+                nngp=torch.stack([p[0] for p in pairs], dim=-1),
+                ntk=None if not want_ntk else torch.stack([p[1] for p in pairs], dim=-1),
+                cov1=torch.stack([own(v) for v in v1s], dim=-1),
+                cov2=None if v2s[0] is None else torch.stack([own(v) for v in v2s], dim=-1),
+                shape=shape,
+                **flags,
+            )
+        v1 = torch.stack(v1s, dim=-1)  # (n1, T): pre-activation variances per step
+        v2 = None if v2s[0] is None else torch.stack(v2s, dim=-1)
+        nngp, ntk = self._grid(channels, k.nngp, k.ntk, v1, v1 if v2 is None else v2, pair=True)
+        cov1 = self._grid(channels, k.cov1, None, v1, v1, pair=False)[0]
+        cov2 = None if v2 is None else self._grid(channels, k.cov2, None, v2, v2, pair=False)[0]
+        return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, shape=shape, **flags)
+
+    def _active(self, k: Kernel, steps: int):
+        """Float masks of real steps for left-padded masked inputs, else ``None``."""
+        if k.mask1 is None:
+            return None
+        check_mask(repr(self), k.mask1, (steps,))
+        check_mask(repr(self), k.mask2, (steps,))
+        if self.return_sequences:
+            raise LayerSpecError(
+                f"{self!r}: masked (variable-length) inputs work with the last state only; "
+                "use return_sequences=False."
+            )
+        for mask in (k.mask1, k.mask2):
+            if bool((mask[:, 1:].int() < mask[:, :-1].int()).any()):
+                raise LayerSpecError(
+                    f"{self!r} needs left-padded sequences: each mask must be False on the "
+                    "padding before the sequence and True from its first real step to the end."
+                )
+        dtype = k.nngp.dtype
+        return k.mask1.to(dtype), k.mask2.to(dtype)
+
+    def _terms(self, channels, q, e):
+        """Pre-activation covariance and its un-normalized gradient term for one step."""
         w2, u2 = self.w_std**2, self.u_std**2
         b2 = 0.0 if self.b_std is None else self.b_std**2
-        ntk_param = self.parameterization == "ntk"
-        act = self.activation
-        want_ntk = q_ntk is not None
+        s = u2 * q + b2 + (0.0 if e is None else w2 * e)
+        if self.parameterization == "ntk":
+            return s, s
+        grads = channels * q + (1.0 if self.b_std is not None else 0.0)
+        return s, grads if e is None else grads + self.hidden * e
+
+    def _aligned(self, channels, q, q_ntk, c1, c2, active=None):
+        """Per step ``t``: pair covariance ``S_t``, NTK ``Th_t`` and own variances.
+
+        ``q``/``q_ntk`` are same-step input kernels ``(n1, n2, T)``, ``c1``/``c2`` the
+        inputs' variances ``(n, T)``. ``active``: for left-padded masked sequences, the
+        float masks ``(n1, T)`` and ``(n2, T)`` of real steps; a state is 0 before its
+        sequence starts, so recurrent terms and gradients involving it vanish. Returns four
+        lists over the steps.
+        """
+        act, w2, u2 = self.activation, self.w_std**2, self.u_std**2
+        ss, ths, v1s, v2s = [], [], [], []
         s = th = v1 = v2 = None
-        for t in range(steps):
-            # new step's pre-activation covariances: own variances first
-            if s is None:
-                e = e1 = e2 = dot = None
-            else:
-                e, dot = act.expectations(s, v1[:, None], v2[None, :], need_dot=want_ntk)
+        both = prev_both = None
+        for t in range(q.shape[-1]):
+            if active is not None:
+                prev_both = both
+                both = active[0][:, t, None] * active[1][None, :, t]
+            e = e1 = e2 = dot = None
+            if s is not None:
+                e, dot = act.expectations(s, v1[:, None], v2[None, :], need_dot=q_ntk is not None)
                 e1 = act.expectations(v1, v1, v1, need_dot=False)[0]
-                e2 = None if v2 is None else act.expectations(v2, v2, v2, need_dot=False)[0]
-            qt = q[..., t]
-            s_new = u2 * qt + b2 + (0.0 if e is None else w2 * e)
-            v1 = u2 * c1[..., t] + b2 + (0.0 if e1 is None else w2 * e1)
-            v2 = None if c2 is None else u2 * c2[..., t] + b2 + (0.0 if e2 is None else w2 * e2)
-            if want_ntk:
-                if ntk_param:
-                    grads = s_new
-                else:  # un-normalized gradients: fan-ins H (recurrent) and C (input)
-                    grads = channels * qt + (1.0 if self.b_std is not None else 0.0)
-                    if e is not None:
-                        grads = grads + self.hidden * e
+                if c2 is not None:
+                    e2 = act.expectations(v2, v2, v2, need_dot=False)[0]
+                if active is not None:  # a state that has not started is 0
+                    e = e * prev_both
+                    dot = None if dot is None else dot * prev_both
+                    e1 = e1 * active[0][:, t - 1]
+                    if e2 is not None:
+                        e2 = e2 * active[1][:, t - 1]
+            s_new, grads = self._terms(channels, q[..., t], e)
+            v1 = self._terms(channels, c1[..., t], e1)[0]
+            v2 = self._terms(channels, c2[..., t], e2)[0] if c2 is not None else v1
+            if q_ntk is not None:
                 th_new = grads + u2 * q_ntk[..., t]
-                if th is not None:
-                    th_new = th_new + w2 * dot * th
-                th = th_new
+                th = th_new if th is None else th_new + w2 * dot * th
+                if active is not None:
+                    th = th * both
+            if active is not None:
+                s_new = s_new * both
             s = s_new
-        v2_or_v1 = v1 if v2 is None else v2
-        nngp, dot = act.expectations(s, v1[:, None], v2_or_v1[None, :], need_dot=want_ntk)
-        return k.replace(
-            nngp=nngp,
-            ntk=None if th is None else dot * th,
-            cov1=act.expectations(v1, v1, v1, need_dot=False)[0],
-            cov2=None if v2 is None else act.expectations(v2, v2, v2, need_dot=False)[0],
-            shape=(self.hidden,),
-            diagonal_spatial=False,
-            is_gaussian=False,
-            independent=False,
-            decoupled=True,
-        )
+            ss.append(s)
+            ths.append(th)
+            v1s.append(v1)
+            v2s.append(v2 if c2 is not None else None)
+        return ss, ths, v1s, v2s
+
+    def _grid(self, channels, q, q_ntk, va, vb, *, pair: bool):
+        """Covariances of the states at every pair of steps ``(t, t')``, full layout.
+
+        ``S[t, t'] = w^2 E[phi phi](S[t-1, t'-1]) + u^2 q[t, t'] + b^2`` (zero recurrent term
+        when either step is the first), and the NTK along the same diagonals: gradients
+        with respect to the shared weights pair only steps with as many steps to go
+        (Alemohammad et al. 2021). ``q`` is ``(n1, n2, T, T')`` (``pair``) or ``(n, T, T')``;
+        ``va``/``vb`` ``(n, T)`` the two samples' own variances per step.
+        """
+        act, w2, u2 = self.activation, self.w_std**2, self.u_std**2
+        steps = q.shape[-1]
+
+        def first(v, t):  # variances of the first sample at step t, against a row
+            return v[:, t].reshape(-1, 1, 1) if pair else v[:, t].reshape(-1, 1)
+
+        def second(v, cols):  # variances of the second sample at steps ``cols``
+            return v[:, cols].unsqueeze(0) if pair else v[:, cols]
+
+        rows_s, rows_th = [], []
+        for t in range(steps):
+            e = dot = None
+            if t > 0:
+                prev = rows_s[-1][..., :-1]
+                e, dot = act.expectations(
+                    prev,
+                    first(va, t - 1),
+                    second(vb, slice(0, steps - 1)),
+                    need_dot=q_ntk is not None,
+                )
+                pad = torch.zeros_like(e[..., :1])
+                e = torch.cat([pad, e], dim=-1)
+            s_row, grads = self._terms(channels, q[..., t, :], e)
+            rows_s.append(s_row)
+            if q_ntk is not None:
+                th_row = grads + u2 * q_ntk[..., t, :]
+                if t > 0:
+                    carried = dot * rows_th[-1][..., :-1]
+                    th_row = th_row + w2 * torch.cat(
+                        [torch.zeros_like(carried[..., :1]), carried], -1
+                    )
+                rows_th.append(th_row)
+        s = torch.stack(rows_s, dim=-2)
+        if pair:
+            a, b = va[:, None, :, None], vb[None, :, None, :]
+        else:
+            a, b = va[:, :, None], vb[:, None, :]
+        out, dot = act.expectations(s, a, b, need_dot=q_ntk is not None)
+        return out, None if q_ntk is None else dot * torch.stack(rows_th, dim=-2)
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
         channels, _ = self._sequence(in_shape)
@@ -210,7 +355,7 @@ class Recurrent(Layer):
             if ntk
             else (1.0, 1.0, None if b_std is None else 1.0)
         )
-        mod = RecurrentModule(channels, h, self.activation.fn, scales)
+        mod = RecurrentModule(channels, h, self.activation.fn, scales, self.return_sequences)
         mod.weight_hh.copy_(_init.normal((h, h), generator, 1.0 if ntk else w_std / math.sqrt(h)))
         mod.weight_ih.copy_(
             _init.normal((h, channels), generator, 1.0 if ntk else u_std / math.sqrt(channels))
@@ -224,5 +369,6 @@ class Recurrent(Layer):
             f"Recurrent({self.hidden}, {self.activation!r}, w_std={value_of(self.w_std)}, "
             f"u_std={value_of(self.u_std)}, "
             f"b_std={None if self.b_std is None else value_of(self.b_std)}, "
-            f"parameterization={self.parameterization!r})"
+            f"parameterization={self.parameterization!r}"
+            + (", return_sequences=True)" if self.return_sequences else ")")
         )

@@ -85,7 +85,7 @@ class SpatialLinearModule(nn.Module):
         return x
 
 
-def _map_kernel(k: Kernel, matrices, drop, out_shape, selection: bool) -> Kernel:
+def _map_kernel(k: Kernel, matrices, drop, out_shape) -> Kernel:
     """Apply per-axis matrices to every tensor of ``k``, then drop the squeezed axes."""
     diagonal = k.diagonal_spatial
 
@@ -107,7 +107,6 @@ def _map_kernel(k: Kernel, matrices, drop, out_shape, selection: bool) -> Kernel
                 t = t.squeeze(batch_axes + 2 * i + 1).squeeze(batch_axes + 2 * i)
         return t
 
-    del selection
     return k.replace(
         nngp=apply(k.nngp, 2),
         ntk=apply(k.ntk, 2),
@@ -124,8 +123,8 @@ class ImageResize(Layer):
     The same map as ``jax.image.resize`` (the reference library's ``ImageResize``): half-pixel
     centres, ``"linear"`` a triangle filter (widened when downsampling if ``antialias``) and
     ``"nearest"`` the nearest input location; see :func:`resize_matrix`. The kernel is
-    ``R K R^T`` per spatial axis pair. The output is not Gaussian in the kernel's sense after
-    linear interpolation of a non-Gaussian input, so it keeps the input's ``is_gaussian``.
+    ``R K R^T`` per spatial axis pair. A linear map keeps Gaussian inputs Gaussian (and
+    non-Gaussian ones not), so the input's ``is_gaussian`` carries over.
 
     Args:
         size: Output spatial shape, one int per spatial axis (``-1`` keeps an axis), or an
@@ -184,7 +183,7 @@ class ImageResize(Layer):
         channels, lengths = spatial_input(repr(self), k.shape)
         if self.method == "linear":
             require_full_layout(repr(self), k)
-        return _map_kernel(k, self._matrices(lengths), (), self.out_shape(k.shape), False)
+        return _map_kernel(k, self._matrices(lengths), (), self.out_shape(k.shape))
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
         _, lengths = spatial_input(repr(self), in_shape)
@@ -267,7 +266,7 @@ class Index(Layer):
     def kernel_rule(self, k: Kernel) -> Kernel:
         _, lengths = spatial_input(repr(self), k.shape)
         matrices, drop = self._selection(lengths)
-        return _map_kernel(k, matrices, drop, self.out_shape(k.shape), True)
+        return _map_kernel(k, matrices, drop, self.out_shape(k.shape))
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
         _, lengths = spatial_input(repr(self), in_shape)

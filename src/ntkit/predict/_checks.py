@@ -64,8 +64,16 @@ def null_cutoff(evals: torch.Tensor) -> torch.Tensor:
     return NULL_SPACE_FACTOR * n * torch.finfo(evals.dtype).eps * scale
 
 
-def symmetric_eigh(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def symmetric_eigh(
+    k: torch.Tensor, *, refuse_negative: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``eigh`` of the symmetrized matrix, eigenvalues at or below the cutoff set to 0.
+
+    Args:
+        k: ``(N, N)`` matrix.
+        refuse_negative: If given (the matrix's name for the message), raise when an
+            eigenvalue is below ``-cutoff`` (the matrix is not positive semi-definite)
+            instead of discarding it.
 
     Returns:
         ``(evals, evecs)``: ``(N,)`` ascending, clamped ``>= 0``, and ``(N, N)``.
@@ -74,8 +82,51 @@ def symmetric_eigh(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     sym.mul_(0.5)
     evals, evecs = torch.linalg.eigh(sym)
     del sym
-    evals = torch.where(evals > null_cutoff(evals), evals, torch.zeros_like(evals))
+    cutoff = null_cutoff(evals)
+    if refuse_negative is not None and evals.numel() and bool(evals[0] < -cutoff):
+        raise ValueError(
+            f"{refuse_negative} is not positive semi-definite: its most negative eigenvalue "
+            f"is {float(evals[0]):.3g} (largest {float(evals[-1]):.3g}, rounding tolerance "
+            f"{float(cutoff):.2g}). A kernel matrix must be PSD; fix how it was computed, or "
+            "pass repair='project' to clip its negative eigenvalues to 0."
+        )
+    evals = torch.where(evals > cutoff, evals, torch.zeros_like(evals))
     return evals, evecs
+
+
+#: Accepted values of the ``repair`` option of kernel_regression / gp_posterior / solve_psd.
+REPAIRS = (None, "symmetrize", "project")
+
+
+def check_repair(repair) -> str | None:
+    """Validate ``repair`` (``None``, ``"symmetrize"`` or ``"project"``)."""
+    if repair not in REPAIRS:
+        raise ValueError(f"repair must be None, 'symmetrize' or 'project'; got {repair!r}.")
+    return repair
+
+
+def check_symmetric(k: torch.Tensor, name: str, repair: str | None) -> None:
+    """Refuse a kernel matrix that is not symmetric to rounding, unless ``repair`` is set.
+
+    The tolerance is ``1000 eps max|k|`` (kernels computed blockwise or in another order
+    agree to a few ulps; ntkit's own are exactly symmetric).
+
+    Raises:
+        ValueError: naming the largest asymmetry and where it is.
+    """
+    if repair is not None or k.numel() == 0:
+        return
+    diff = (k - k.mT).abs()
+    worst = float(diff.max())
+    scale = float(k.abs().max())
+    if worst > 1000 * torch.finfo(k.dtype).eps * scale:
+        flat = int(diff.argmax())
+        i, j = divmod(flat, k.shape[1])
+        raise ValueError(
+            f"{name} is not symmetric: |K[{i}, {j}] - K[{j}, {i}]| = {worst:.3g} (largest "
+            f"entry {scale:.3g}). A kernel matrix must be symmetric; pass "
+            "repair='symmetrize' to use (K + K^T) / 2."
+        )
 
 
 def resolve_ridge(ridge: float, ridge_relative: float | None, k: torch.Tensor, *, name="ridge"):

@@ -11,7 +11,14 @@ from typing import NamedTuple
 
 import torch
 
-from ntkit.predict._checks import KernelSystem, as_float_tensor, resolve_ridge, symmetric_eigh
+from ntkit.predict._checks import (
+    KernelSystem,
+    as_float_tensor,
+    check_repair,
+    check_symmetric,
+    resolve_ridge,
+    symmetric_eigh,
+)
 
 __all__ = ["GPPosterior", "gp_posterior"]
 
@@ -34,13 +41,15 @@ class GPPosterior(NamedTuple):
 class _Factor:
     """``(K + s^2 I)^{-1}`` applied through Cholesky, or an eigendecomposition when singular."""
 
-    def __init__(self, k: torch.Tensor, noise: float):
+    def __init__(self, k: torch.Tensor, noise: float, repair: str | None = None):
         n = k.shape[0]
+        check_symmetric(k, "k_train_train", check_repair(repair))
         a = (k + k.mT) / 2 + noise * torch.eye(n, dtype=k.dtype, device=k.device)
         chol, info = torch.linalg.cholesky_ex(a)
         self.chol = chol if int(info) == 0 else None
         if self.chol is None:
-            evals, self.evecs = symmetric_eigh(a)  # null space (<= cutoff) set to 0
+            refuse = None if repair == "project" else "k_train_train (plus noise)"
+            evals, self.evecs = symmetric_eigh(a, refuse_negative=refuse)  # null space -> 0
             keep = evals > 0
             self.inv_sqrt = torch.where(
                 keep, 1 / torch.sqrt(torch.where(keep, evals, 1.0)), torch.zeros_like(evals)
@@ -61,6 +70,7 @@ def gp_posterior(
     *,
     noise: float = 0.0,
     noise_relative: float | None = None,
+    repair: str | None = None,
 ) -> GPPosterior:
     """Posterior mean and covariance of a zero-mean GP given noisy observations.
 
@@ -87,18 +97,23 @@ def gp_posterior(
             diagonals) for variances only, or ``None`` for the mean only.
         noise: Observation-noise variance ``s^2 >= 0``.
         noise_relative: ``s^2 = noise_relative * mean(diag K)`` instead of ``noise``.
+        repair: ``None`` (default) refuses a training kernel that is not symmetric or not
+            positive semi-definite (naming the asymmetry or the most negative eigenvalue);
+            ``"symmetrize"`` uses ``(K + K^T) / 2``; ``"project"`` also discards negative
+            eigenvalues.
 
     Returns:
         :class:`GPPosterior` ``(mean, cov)``.
 
     Raises:
-        ValueError: mismatched shapes, NaN/Inf, negative noise or both noises given.
+        ValueError: mismatched shapes, NaN/Inf, negative noise or both noises given, a
+            non-symmetric or indefinite training kernel (without ``repair``).
     """
     sys = KernelSystem.from_kernel(k_train_train)
     sys, y = sys.targets(y_train)
     kt = sys.cross(k_test_train)
     s2 = resolve_ridge(noise, noise_relative, sys.k, name="noise")
-    fac = _Factor(sys.k, s2)
+    fac = _Factor(sys.k, s2, repair)
     a = fac.whiten(kt.mT)  # shape: (N, R)
     mean = sys.unflatten(a.mT @ fac.whiten(y))
     if k_test_test is None:

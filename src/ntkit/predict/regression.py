@@ -5,19 +5,29 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ntkit.predict._checks import KernelSystem, as_float_tensor, resolve_ridge, symmetric_eigh
+from ntkit.predict._checks import (
+    KernelSystem,
+    as_float_tensor,
+    check_repair,
+    check_symmetric,
+    resolve_ridge,
+    symmetric_eigh,
+)
 
 __all__ = ["kernel_regression", "solve_psd"]
 
 
-def solve_psd(k: torch.Tensor, y: torch.Tensor, *, ridge: float = 0.0) -> torch.Tensor:
+def solve_psd(
+    k: torch.Tensor, y: torch.Tensor, *, ridge: float = 0.0, repair: str | None = None
+) -> torch.Tensor:
     """Solve ``(k + ridge I) a = y`` for a symmetric positive semi-definite ``k``.
 
     With ``ridge > 0`` a Cholesky solve is tried first. Without ridge (or if Cholesky fails)
     the minimum-norm solution comes from an eigendecomposition, discarding eigenvalues below
-    ``n * eps * lambda_max`` (a stable pseudo-inverse, finite for singular kernels; negative
-    eigenvalues of a matrix that is not PSD are discarded too). On the CPU the Cholesky
-    factor overwrites one copy of ``k + ridge I`` (peak: one extra ``n x n`` matrix).
+    ``n * eps * lambda_max`` (a stable pseudo-inverse, finite for singular kernels). A
+    matrix that is not symmetric, or whose ``k + ridge I`` has an eigenvalue below
+    ``-n * eps * lambda_max``, is refused unless ``repair`` says how to fix it. On the CPU the
+    Cholesky factor overwrites one copy of ``k + ridge I`` (peak: one extra ``n x n`` matrix).
 
     No loss convention enters: this is linear algebra (kernel regression under either
     ``(1/2) sum`` or ``(1/2) mean`` of squared errors has the same minimizer).
@@ -26,12 +36,17 @@ def solve_psd(k: torch.Tensor, y: torch.Tensor, *, ridge: float = 0.0) -> torch.
         k: ``(n, n)`` symmetric PSD matrix.
         y: ``(n, m)`` right-hand sides.
         ridge: Absolute ridge ``lambda >= 0``.
+        repair: ``None`` (default: refuse a non-symmetric or indefinite ``k``),
+            ``"symmetrize"`` (use ``(k + k^T) / 2``, still refuse indefinite) or
+            ``"project"`` (symmetrize and discard negative eigenvalues: the nearest PSD
+            matrix's pseudo-inverse).
 
     Returns:
         ``(n, m)`` solution.
 
     Raises:
-        ValueError: non-square ``k``, mismatched ``y``, NaN/Inf, negative ridge.
+        ValueError: non-square ``k``, mismatched ``y``, NaN/Inf, negative ridge, a
+            non-symmetric or indefinite ``k`` (without ``repair``).
     """
     k = as_float_tensor(k, "k")
     y = as_float_tensor(y, "y", dtype=k.dtype, device=k.device)
@@ -40,13 +55,15 @@ def solve_psd(k: torch.Tensor, y: torch.Tensor, *, ridge: float = 0.0) -> torch.
     if y.ndim != 2 or y.shape[0] != k.shape[0]:
         raise ValueError(f"y must be (n, m) with n = {k.shape[0]}; got {tuple(y.shape)}.")
     ridge = resolve_ridge(ridge, None, k)
+    check_symmetric(k, "k", check_repair(repair))
     if ridge > 0:
         out = _cholesky_solve(k, y, ridge)
         if out is not None:
             return out
     a = k.clone()
     a.diagonal().add_(ridge)
-    evals, evecs = symmetric_eigh(a)  # null space (<= cutoff) set to 0
+    refuse = None if repair == "project" else "the kernel matrix (plus ridge)"
+    evals, evecs = symmetric_eigh(a, refuse_negative=refuse)  # null space (<= cutoff) -> 0
     del a
     keep = evals > 0
     inv = torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)), 0.0)
@@ -87,6 +104,7 @@ def kernel_regression(
     *,
     ridge: float = 0.0,
     ridge_relative: float | None = None,
+    repair: str | None = None,
 ) -> torch.Tensor:
     """Kernel regression predictions ``k(x, X) (K + lambda I)^+ Y``.
 
@@ -106,17 +124,32 @@ def kernel_regression(
         ridge: Absolute ridge ``lambda``; 0 (default) is ridgeless (stable pseudo-inverse).
         ridge_relative: If given, ``lambda = ridge_relative * mean(diag K)`` (and ``ridge``
             must be 0): a ridge that scales with the kernel.
+        repair: ``None`` (default) refuses a training kernel that is not symmetric or not
+            positive semi-definite (naming the asymmetry or the most negative eigenvalue);
+            ``"symmetrize"`` uses ``(K + K^T) / 2``; ``"project"`` also discards negative
+            eigenvalues (see :func:`solve_psd`).
 
     Returns:
         ``(n_test, m)`` predictions (``(n_test,)`` for 1-D targets, ``(n_test, O)`` with a
         full kernel), in the kernel's dtype.
 
     Raises:
-        ValueError: mismatched shapes, negative ridge, both ridges given, NaN/Inf.
+        ValueError: mismatched shapes, negative ridge, both ridges given, NaN/Inf, a
+            non-symmetric or indefinite training kernel (without ``repair``).
     """
     sys = KernelSystem.from_kernel(k_train_train)
     sys, y = sys.targets(y_train)
     kt = sys.cross(k_test_train)
     lam = resolve_ridge(ridge, ridge_relative, sys.k)
-    alpha = solve_psd(sys.k, y, ridge=lam)
+    alpha = _solve(sys.k, y, lam, repair)
     return sys.unflatten(kt @ alpha)
+
+
+def _solve(k, y, lam, repair):
+    check_symmetric(k, "k_train_train", check_repair(repair))
+    try:
+        return solve_psd(k, y, ridge=lam, repair=repair or "symmetrize")
+    except ValueError as err:
+        if "not positive semi-definite" in str(err):
+            raise ValueError(str(err).replace("the kernel matrix", "k_train_train")) from None
+        raise

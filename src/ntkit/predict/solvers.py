@@ -421,10 +421,22 @@ def _cg_torch(apply_a, precond, b, x0, tol, max_iter):
     active = torch.linalg.norm(r, dim=0) / bnorm > tol
     broken = torch.zeros_like(active)
     it = 0
+    top = 0.0  # largest Rayleigh quotient seen (a lower bound on lambda_max)
     while bool(active.any()) and it < max_iter:
         cols = active.nonzero()[:, 0]
         ap = apply_a(p[:, cols])
         pap = (p[:, cols] * ap).sum(0)
+        # Rayleigh quotients p^T A p / |p|^2: below -1e-10 x the largest seen, the curvature
+        # is negative beyond rounding (an indefinite operator, not a singular PSD one)
+        rayleigh = pap / (p[:, cols] * p[:, cols]).sum(0).clamp_min(1e-300)
+        top = max(top, float(rayleigh.max()))
+        if float(rayleigh.min()) < -1e-10 * max(top, 0.0) or (top <= 0 and bool((pap < 0).any())):
+            raise ValueError(
+                "the operator (K + ridge I) is not positive semi-definite: conjugate gradients "
+                f"found a direction of negative curvature (Rayleigh quotient "
+                f"{float(rayleigh.min()):.3g}, largest seen {top:.3g}). CG needs a symmetric "
+                "PSD kernel; check K, or add a ridge larger than its most negative eigenvalue."
+            )
         ok = pap > 0  # a non-positive curvature means breakdown (singular or indefinite)
         alpha = torch.where(ok, rz[cols] / torch.where(ok, pap, 1.0), 0.0)
         x[:, cols] += alpha * p[:, cols]
@@ -498,8 +510,11 @@ def conjugate_gradient(
     Runs in float64 (products of a float32 operator are cast up). The cost is one block
     product per iteration plus, for ``"nystrom"``, one ``rank``-column product to build the
     preconditioner. Without ridge a singular ``K`` is fine when ``B`` lies in its range
-    (CG then returns the minimum-norm solution from ``x0 = 0``); otherwise the residual
-    stalls and ``converged`` is False. Kernel regression with a ridge ``r``, the
+    (CG then returns a solution; the minimum-norm one only with ``preconditioner=None``
+    and ``x0 = 0``, whose iterates stay in the range of ``K``: a preconditioner moves them
+    out of it); otherwise the residual stalls and ``converged`` is False. An operator that
+    is not positive semi-definite is detected (a search direction of negative curvature)
+    and refused. Kernel regression with a ridge ``r``, the
     ``t = inf`` limit of training on ``(1/2) sum`` (or ``(1/2) mean``, same minimizer) of
     squared errors with weight decay ``r``, is ``K(x, X) @ solution``.
 
@@ -523,7 +538,8 @@ def conjugate_gradient(
         :class:`CGResult` ``(solution, residual, iterations, converged)``.
 
     Raises:
-        ValueError: non-square operator, mismatched ``b``/``x0``, NaN/Inf, bad options.
+        ValueError: non-square operator, mismatched ``b``/``x0``, NaN/Inf, bad options, an
+            indefinite operator (negative curvature found).
     """
     op = _as_operator(operator)
     n = op.shape[0]

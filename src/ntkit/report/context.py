@@ -58,7 +58,7 @@ class ReportConfig:
     quick: bool = False
     widths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)
     n_heatmap: int = 200
-    max_steps: int = 1000
+    max_steps: int = 3000
 
     def __post_init__(self):
         for name in ("n_train", "n_test", "depth", "width", "n_heatmap", "max_steps"):

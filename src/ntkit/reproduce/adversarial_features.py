@@ -1,6 +1,6 @@
 """Tsilivis & Kempe 2022 at small scale: robust eigen-features sit at the top of the spectrum.
 
-Claim examined (papers.md, entry 9): split the NTK regression predictor into eigen-features
+Claim examined: split the NTK regression predictor into eigen-features
 ``f_i(x) = k(x, X) v_i (v_i^T y) / lambda_i`` (:mod:`ntkit.analysis.eigen_features`) and
 attack each feature alone with FGSM through autograd (inputs -> analytic NTK -> prediction;
 :mod:`ntkit.attacks`): robust accuracy per feature falls with the eigen-index.

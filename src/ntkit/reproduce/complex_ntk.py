@@ -1,6 +1,6 @@
 """Tan et al. 2022 at small scale: the NTK of complex networks under real backpropagation.
 
-Claim examined (papers.md, entry 7): trained by real-valued backpropagation, a complex
+Claim examined: trained by real-valued backpropagation, a complex
 network's NTK reduces at infinite width to the NTK of a real network. We measure the 2 x 2
 real block NTK (Re-Re, Re-Im, Im-Re, Im-Im) of random complex MLPs with split ReLU on
 complex inputs (neighbouring digit pixels as real and imaginary parts) against its

@@ -1,6 +1,6 @@
 """Chen, He & Su 2020 at small scale: label-aware NTKs are more locally elastic.
 
-Claim examined (papers.md, entry 8): adding label-aware parts to the NTK raises its local
+Claim examined: adding label-aware parts to the NTK raises its local
 elasticity -- the same-class similarity ratio ``mean_same / (mean_same + mean_diff)`` of
 the normalized kernel -- as training does for real networks. On binary digit pairs we
 compare the NTK of the paper's two-layer ReLU network with LANTK-HR (strength 0.1, the

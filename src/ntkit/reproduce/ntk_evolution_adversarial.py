@@ -1,6 +1,6 @@
 """Loo et al. 2022 at small scale: the empirical NTK under standard and adversarial training.
 
-Claim reproduced (papers.md, entry 10): under adversarial (PGD) training the empirical NTK
+Claim reproduced: under adversarial (PGD) training the empirical NTK
 moves to a different kernel than under standard training, and it settles (its velocity
 falls) earlier.
 

@@ -1,6 +1,6 @@
 """Noci et al. 2024 at small scale: sharpness trajectories under muP and NTK parameterization.
 
-Claim reproduced (papers.md, entry 3): under muP the sharpness (top eigenvalue of the loss
+Claim reproduced: under muP the sharpness (top eigenvalue of the loss
 Hessian) follows the same trajectory at every width and settles near the edge of stability
 ``2 / lr`` ("super consistency"); under NTK parameterization it changes with width (wide
 networks train lazily and do not sharpen).

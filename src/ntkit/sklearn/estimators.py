@@ -7,7 +7,7 @@ and predict what gradient descent on the squared loss makes of it:
   ``f(x) = K(x, X) (K + ridge I)^+ Y`` (:func:`ntkit.predict.kernel_regression`);
 - ``t`` finite: gradient flow for time ``t`` at learning rate ``learning_rate`` on
   ``(1/2) sum_i w_i ||f(x_i) - y_i||^2`` with weight decay ``ridge`` toward the
-  initialization, from zero initial outputs (the infinite ensemble's mean; formula F3/F4),
+  initialization, from zero initial outputs (the infinite ensemble's mean; Lee et al. 2019),
   by :func:`ntkit.predict.gradient_descent_mse`.
 
 ``kernel="ntk"`` trains every layer; ``kernel="nngp"`` trains only the readout (whose

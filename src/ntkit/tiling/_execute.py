@@ -78,10 +78,34 @@ def _open_store(path: str, store_id: str):
 
 
 # ----------------------------------------------------------------------------- in process
-def run_in_process(tasks, run: Callable, on_done: Callable) -> None:
-    """Run ``run(bi, bj)`` for every task in order, calling ``on_done`` with each result."""
-    for bi, bj in tasks:
-        on_done(run(bi, bj))
+def run_in_process(tasks, run: Callable, on_done: Callable, write: Callable | None = None):
+    """Run ``run(bi, bj)`` for every task in order, calling ``on_done`` with each result.
+
+    With ``write``, ``run`` returns ``(bi, bj, outputs)`` and ``write(bi, bj, outputs)``
+    stores them in a background thread while the next tile is computed (at most one tile
+    waits to be written; a write error is raised here).
+    """
+    if write is None:
+        for bi, bj in tasks:
+            on_done(run(bi, bj))
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ntkit-store") as writer:
+        pending = None
+        for bi, bj in tasks:
+            result = run(bi, bj)
+            if pending is not None:
+                on_done(pending.result())
+            pending = writer.submit(_write, write, result)
+        if pending is not None:
+            on_done(pending.result())
+
+
+def _write(write: Callable, result):
+    bi, bj, out = result
+    write(bi, bj, out)
+    return bi, bj, None
 
 
 # ----------------------------------------------------------------------------- Dask

@@ -59,11 +59,11 @@ def _feed_array(h, t) -> None:
         h.update(f"tensor:{a.dtype}:{tuple(a.shape)};".encode())
         if a.dtype == torch.bfloat16:
             a = a.view(torch.int16)
-        h.update(a.numpy().tobytes())
+        h.update(np.ascontiguousarray(a.numpy()).data)
     else:
         a = np.ascontiguousarray(t)
         h.update(f"array:{a.dtype}:{a.shape};".encode())
-        h.update(a.tobytes())
+        h.update(a.data)
 
 
 def _feed(h, obj, seen: set, depth: int) -> None:  # noqa: C901 - one dispatch table

@@ -219,7 +219,7 @@ class KernelStore:
             block = placed(spec, out, name, mirrored)
             data = np.ascontiguousarray(block.detach().cpu().numpy())
             self.array(name)[index] = data
-            crc = zlib.crc32(data.tobytes(), crc)
+            crc = zlib.crc32(data, crc)
         self.array(TILES)[bi, bj] = crc + 1
         return crc
 
@@ -229,7 +229,7 @@ class KernelStore:
         try:
             for name, index, _ in placements(self.grid, spec, bi, bj):
                 data = np.ascontiguousarray(self.array(name)[index])
-                crc = zlib.crc32(data.tobytes(), crc)
+                crc = zlib.crc32(data, crc)
         except Exception:  # noqa: BLE001 - any decoding failure means a damaged chunk
             return None
         return crc

@@ -90,9 +90,16 @@ def _prepare(fn, x1, x2, *, get, dtype, max_memory, device=None) -> _Prepared:
 
 def _prepare_on_host(fn, x1, x2, *, get, dtype, max_memory) -> _Prepared:
     if is_layer_kernel(fn):
+        from ntkit.layers._autograd import needs_grad
         from ntkit.layers._planner import prepare
 
         net = fn if not hasattr(fn, "__self__") else fn.__self__
+        if needs_grad(net, x1, x2):
+            raise ValueError(
+                "kernel_matrix returns kernels without gradients, but these inputs or the "
+                "network's hyperparameters require grad; use net.kernel(x1, x2) for a "
+                "differentiable kernel, or call kernel_matrix under torch.no_grad()."
+            )
         names = _as_names(("nngp", "ntk") if get is None else get, ("nngp", "ntk"), "a layer")
         problem = prepare(
             net,
@@ -102,6 +109,12 @@ def _prepare_on_host(fn, x1, x2, *, get, dtype, max_memory) -> _Prepared:
             dtype=dtype,
             max_memory=max_memory,
         )
+        if problem.mask1 is not None or problem.pattern1 is not None:
+            raise TypeError(
+                "ntkit.tiling does not take ntkit.layers.Masked or Graphs inputs yet (their "
+                "masks or adjacency would not reach the tiles); use net.kernel(...), which "
+                "tiles them in memory."
+            )
         spec = _kernel_spec(problem.probe, names)
         tile_fn = LayerTiles(net, names, problem.dtype, None)
         x2_ = None if problem.symmetric else problem.x2
@@ -141,13 +154,23 @@ def _plan(prep: _Prepared, tile, workers: int, *, in_memory: bool) -> TileGrid:
     return grid
 
 
-def _tile_budget(prep: _Prepared, grid: TileGrid, workers: int, *, in_memory: bool) -> None:
-    """Give layer tiles their share of the budget (after the in-memory result)."""
-    held = result_bytes(grid, prep.spec) if in_memory else 0
-    left = prep.budget - held
-    if left <= 0:
+def _tile_budget(
+    prep: _Prepared, grid: TileGrid, workers: int, *, in_memory: bool, held: bool
+) -> None:
+    """Refuse a result that cannot be loaded; give layer tiles their share of the budget.
+
+    Args:
+        prep: The prepared computation.
+        grid: Its tile grid.
+        workers: Tiles in flight at a time.
+        in_memory: The whole result ends in memory (``kernel_matrix``).
+        held: ... and is held there while the tiles run (no store).
+    """
+    need = result_bytes(grid, prep.spec) if in_memory else 0
+    left = prep.budget - (need if held else 0)
+    if need > prep.budget or left <= 0:
         raise ValueError(
-            f"the result needs {format_bytes(held)} in memory, more than max_memory="
+            f"the result needs {format_bytes(need)} in memory, more than max_memory="
             f"{format_bytes(prep.budget)}. Compute it to a store with "
             "ntkit.tiling.kernel_store(..., store=PATH) and read it block by block "
             "(StoredKernel.operator(), .to_dask()), or raise max_memory."
@@ -188,6 +211,7 @@ def _compute(
     with ctx as client:
         workers = _n_workers(client)
         grid = _plan(prep, tile, workers, in_memory=in_memory)
+        _tile_budget(prep, grid, workers, in_memory=in_memory, held=store is None)
         kstore, done = None, set()
         if store is not None:
             meta = store_metadata(
@@ -211,7 +235,6 @@ def _compute(
                     UserWarning,
                     stacklevel=3,
                 )
-        _tile_budget(prep, grid, workers, in_memory=in_memory and store is None)
         todo = [t for t in grid.tiles() if t not in done]
         memory = MemoryResult(grid, prep.spec, prep.x1.device) if store is None else None
 
@@ -237,8 +260,10 @@ def _compute(
                     if kstore is None:
                         return run_tile(prep.tile_fn, prep.x1, prep.x2, grid, prep.spec, bi, bj)
                     out = compute_tile(prep.tile_fn, prep.x1, prep.x2, grid, prep.spec, bi, bj)
+                    return bi, bj, out  # written by the store thread (overlaps the next tile)
+
+                def write(bi, bj, out):
                     kstore.write_tile(bi, bj, out, prep.spec)
-                    return bi, bj, None
 
                 def done(result):
                     if not in_place:
@@ -247,7 +272,7 @@ def _compute(
                         bar.advance()
 
                 with retained_heap(prep.x1.device.type == "cpu"):
-                    run_in_process(todo, run, done)
+                    run_in_process(todo, run, done, write=None if kstore is None else write)
             else:
                 run_on_dask(
                     client,
@@ -338,13 +363,6 @@ def kernel_matrix(
     )
     if memory is not None:
         return memory.result(explicit_x2=prep.explicit_x2)
-    need = result_bytes(grid, prep.spec)
-    if need > prep.budget:
-        raise ValueError(
-            f"the kernel is complete in the store {str(kstore.path)!r}, but loading it needs "
-            f"{format_bytes(need)}, more than max_memory={format_bytes(prep.budget)}. Read it "
-            "with ntkit.tiling.open_store(path) (block by block: .operator(), .to_dask())."
-        )
     return StoredKernel(kstore).load(device=prep.x1.device, explicit_x2=prep.explicit_x2)
 
 
@@ -490,7 +508,7 @@ class StoredKernel:
             try:
                 for name, index, _ in placements(grid, spec, bi, bj):
                     data = np.ascontiguousarray(store.array(name)[index])
-                    crc = zlib.crc32(data.tobytes(), crc)
+                    crc = zlib.crc32(data, crc)
                     regions.append((name, index, data))
             except Exception:  # noqa: BLE001 - a chunk that cannot be decoded
                 crc = None

@@ -1,7 +1,8 @@
 """``ntkit kernel SPEC INPUTS --out k.zarr``: a kernel matrix into a resumable store.
 
-SPEC is a JSON or YAML file describing a layer network, or ``module:attr`` naming an ntkit
-layer description or a kernel function ``fn(x1, x2)``. The file holds a list of layers
+SPEC is a JSON or YAML file describing a layer network, a Python file defining ``net`` (as
+for ``ntkit report --spec``), or ``module:attr`` naming an ntkit layer description or a
+kernel function ``fn(x1, x2)``. The file holds a list of layers
 (a serial network); each is a class name of :mod:`ntkit.layers` alone (``"ReLU"``) or a
 one-entry mapping to its arguments, a list (positional) or a mapping (keywords)::
 
@@ -30,6 +31,13 @@ def load_spec(spec: str):
         ValueError: unreadable file, unknown layer, bad arguments, missing attribute.
     """
     path = Path(spec)
+    if path.suffix.lower() == ".py":  # as `ntkit report --spec`: a file defining `net`
+        if not path.is_file():
+            raise ValueError(f"spec file {spec!r} does not exist.")
+        from ntkit.report.context import load_spec as load_python_spec
+
+        make, _shape = load_python_spec(path)
+        return make(None)
     if path.suffix.lower() in (".json", ".yaml", ".yml"):
         if not path.is_file():
             raise ValueError(f"spec file {spec!r} does not exist.")
@@ -140,7 +148,7 @@ def load_inputs(path: Path, what: str):
 
 
 def kernel(
-    spec: Annotated[str, typer.Argument(help="JSON/YAML network file, or module:attr.")],
+    spec: Annotated[str, typer.Argument(help="JSON/YAML/.py network file, or module:attr.")],
     inputs: Annotated[Path, typer.Argument(help="x1: .npy, .npz or .csv, one sample a row.")],
     out: Annotated[Path, typer.Option(help="The zarr store (resumed when it exists).")],
     x2: Annotated[Path | None, typer.Option(help="x2 (default: x2 = x1, symmetric).")] = None,
