@@ -162,7 +162,7 @@ def extrapolation(quick: bool, seed: int) -> tuple[Section, dict[str, float]]:
     x, xt = _features(t), _features(tt)
     nets = _extrapolation_nets()
     trained = ["ReLU MLP", "polynomial, degree 2"] if quick else list(nets)
-    width, steps = (256, 1000) if quick else (512, 3000)
+    width, steps = (256, 1000) if quick else (256, 2000)
     results, rows, curves = {}, [], {}
     for target, fn in TARGETS.items():
         y, yt = fn(t), fn(tt)
