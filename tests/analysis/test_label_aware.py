@@ -61,7 +61,7 @@ def test_hr_matches_pairwise_loop_and_is_consistent():
     torch.testing.assert_close(label_aware_hr(k_tt, labels, strength=0.0), k_tt)
     torch.testing.assert_close(label_aware_hr(k_tt, labels.numpy(), strength=0.3), hr_tt)
     # usable with ntkit.predict
-    pred = kernel_regression(hr_tt, y, hr_st, ridge=1e-6)
+    pred = kernel_regression(hr_tt, y, hr_st, ridge=1e-6, repair="project")
     assert pred.shape == (5, 3) and torch.isfinite(pred).all()
 
 
