@@ -24,6 +24,7 @@ from ntkit.layers._params import value_of
 from ntkit.layers._spatial import (
     AxisWindow,
     check_padding,
+    map_covariances,
     pair_window_sum,
     resolve_windows,
     window_sum,
@@ -259,12 +260,7 @@ class Conv(WindowedLayer):
         windows = self._windows(lengths)
         diagonal = k.diagonal_spatial
         taps = math.prod(w.size for w in windows)
-        summed = k.replace(
-            nngp=patch_sum(k.nngp, 2, windows, diagonal),
-            ntk=patch_sum(k.ntk, 2, windows, diagonal),
-            cov1=patch_sum(k.cov1, 1, windows, diagonal),
-            cov2=patch_sum(k.cov2, 1, windows, diagonal),
-        )
+        summed = map_covariances(k, lambda t, b: patch_sum(t, b, windows, diagonal))
         # The tap average's 1/taps is folded into the weight variance, and the standard
         # parameterization's fan_in * mean becomes C_in * sum. The summed tensors are
         # fresh, so the affine map runs in place.

@@ -17,7 +17,7 @@ from torch import nn
 from ntkit.kernel import Kernel
 from ntkit.layers import _init
 from ntkit.layers._params import value_of
-from ntkit.layers._spatial import check_padding
+from ntkit.layers._spatial import check_padding, map_covariances
 from ntkit.layers.base import Shape
 from ntkit.layers.conv import SpatialPad, WindowedLayer, flat_pads, patch_sum, spatial_input
 from ntkit.layers.dense import affine_kernel, check_parameterization, check_std
@@ -172,12 +172,7 @@ class ConvLocal(WindowedLayer):
         channels, lengths = spatial_input(repr(self), k.shape)
         windows = self._windows(lengths)
         diagonal = k.diagonal_spatial
-        summed = k.replace(
-            nngp=patch_sum(k.nngp, 2, windows, diagonal),
-            ntk=patch_sum(k.ntk, 2, windows, diagonal),
-            cov1=patch_sum(k.cov1, 1, windows, diagonal),
-            cov2=patch_sum(k.cov2, 1, windows, diagonal),
-        )
+        summed = map_covariances(k, lambda t, b: patch_sum(t, b, windows, diagonal))
         out = affine_kernel(
             summed,
             w2=self.w_std**2 / math.prod(w.size for w in windows),
@@ -191,15 +186,7 @@ class ConvLocal(WindowedLayer):
             return out
         n = len(windows)
 
-        def untie(t, batch_axes):
-            return None if t is None else t * _location_identity(t, batch_axes, n)
-
-        return out.replace(
-            nngp=untie(out.nngp, 2),
-            ntk=untie(out.ntk, 2),
-            cov1=untie(out.cov1, 1),
-            cov2=untie(out.cov2, 1),
-        )
+        return map_covariances(out, lambda t, b: t * _location_identity(t, b, n))
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
         channels, lengths = spatial_input(repr(self), in_shape)

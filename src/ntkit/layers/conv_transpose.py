@@ -38,7 +38,7 @@ from torch import nn
 from ntkit.kernel import Kernel
 from ntkit.layers import _init
 from ntkit.layers._params import value_of
-from ntkit.layers._spatial import AxisWindow, as_tuple
+from ntkit.layers._spatial import AxisWindow, as_tuple, map_covariances
 from ntkit.layers.base import Layer, LayerSpecError, Shape
 from ntkit.layers.conv import patch_sum, spatial_input
 from ntkit.layers.dense import affine_kernel, check_parameterization, check_std
@@ -260,8 +260,6 @@ class ConvTranspose(Layer):
         windows = [w for w, _, _ in geometry]
 
         def transform(t, batch_axes):
-            if t is None:
-                return None
             for i, (_, step, _) in enumerate(geometry):
                 d = batch_axes + (i if diagonal else 2 * i)
                 t = _dilate(t, (d,) if diagonal else (d, d + 1), step)
@@ -272,12 +270,7 @@ class ConvTranspose(Layer):
                     t = _fold(t, (d, d + 1), fold)
             return t
 
-        summed = k.replace(
-            nngp=transform(k.nngp, 2),
-            ntk=transform(k.ntk, 2),
-            cov1=transform(k.cov1, 1),
-            cov2=transform(k.cov2, 1),
-        )
+        summed = map_covariances(k, transform)
         taps = math.prod(w.size for w in windows)
         return affine_kernel(
             summed,
