@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ntkit._validation import as_batch, check_finite
+from ntkit.empirical.assemble import halve_to_fit
 from ntkit.empirical.functional import functionalize, transform_safe
 from ntkit.empirical.modes import ModeSpec, mode_spec
 from ntkit.empirical.profile import ModelProfile, profile
@@ -116,12 +117,7 @@ def plan_projection(
         phi = 2 * (kc if how == "full" else 1) * dim
         return fixed + c * (f_fixed + kc * f_dir + (temp + phi) * itemsize)
 
-    c, kc = n, k
-    while need(c, kc) > budget and c > 1:
-        c = (c + 1) // 2
-    while need(c, kc) > budget and kc > 1:
-        kc = (kc + 1) // 2
-    peak = need(c, kc)
+    c, kc, peak = halve_to_fit(need, n, k, budget)
     if peak > budget:
         raise ValueError(
             f"max_memory={format_bytes(budget)} cannot hold projected features with "
