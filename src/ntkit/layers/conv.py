@@ -61,6 +61,57 @@ def flat_pads(windows: list[AxisWindow]) -> list[int]:
     return pads
 
 
+def check_conv_args(who: str, out_channels, kernel_size, stride) -> int:
+    """Validate a convolution's ``out_channels`` and integer ``kernel_size``/``stride``.
+
+    Tuples are checked against the input's spatial rank later. Returns ``out_channels``.
+
+    Raises:
+        ValueError: ``out_channels`` is not a positive integer, or an integer
+            ``kernel_size``/``stride`` is not positive.
+    """
+    if isinstance(out_channels, bool) or int(out_channels) != out_channels or out_channels < 1:
+        raise ValueError(f"{who} out_channels must be a positive integer; got {out_channels}.")
+    for name, value in (("kernel_size", kernel_size), ("stride", stride)):
+        if isinstance(value, int) and (isinstance(value, bool) or value < 1):
+            raise ValueError(f"{who} {name} must be positive; got {value!r}.")
+    return int(out_channels)
+
+
+def conv_repr(layer) -> str:
+    """``Name(out_channels, kernel_size, stride=..., padding=..., w_std=..., b_std=..., ...)``."""
+    b_std = None if layer.b_std is None else value_of(layer.b_std)
+    return (
+        f"{layer.name}({layer.out_channels}, {layer.kernel_size}, stride={layer.stride}, "
+        f"padding={layer.padding!r}, w_std={value_of(layer.w_std)}, b_std={b_std}, "
+        f"parameterization={layer.parameterization!r})"
+    )
+
+
+def init_scales(w_std, b_std, fan_in: int, parameterization: str):
+    """Forward scales and initial draws' standard deviations of a weight and bias.
+
+    NTK parameterization multiplies standard-normal parameters by ``w_std / sqrt(fan_in)``
+    and ``b_std``; standard parameterization draws ``N(0, w_std^2 / fan_in)`` and
+    ``N(0, b_std^2)`` and multiplies by 1.
+
+    Args:
+        w_std: Weight standard deviation (a number or a layer parameter).
+        b_std: Bias standard deviation; ``None`` means no bias.
+        fan_in: Inputs per output unit.
+        parameterization: ``"ntk"`` or ``"standard"``.
+
+    Returns:
+        ``(scale, b_scale, w_draw, b_draw)`` (``b_scale``/``b_draw`` ``None`` without bias).
+    """
+    w = value_of(w_std) / math.sqrt(fan_in)
+    b_std = None if b_std is None else value_of(b_std)
+    unit = None if b_std is None else 1.0
+    if parameterization == "ntk":
+        return w, b_std, 1.0, unit
+    return 1.0, unit, w, b_std
+
+
 class SpatialPad(nn.Module):
     """Zero or circular padding of the spatial axes of ``(n, C, *spatial)``.
 
@@ -198,27 +249,11 @@ class WindowedLayer(Layer):
         return self.memory_factor * largest * k.entries_per_pair
 
 
-class Conv(WindowedLayer):
-    """Convolution over ``(n, C, L)``, ``(n, C, H, W)`` or ``(n, C, D, H, W)`` inputs.
+class TapConvolution(WindowedLayer):
+    """Shared by :class:`Conv` and :class:`ntkit.layers.ConvLocal`: arguments, shapes, kernel.
 
-    NTK parameterization (default): ``y = (w_std / sqrt(fan_in)) W * x + b_std b`` with
-    standard normal ``W`` and ``b`` and ``fan_in = C_in * prod(kernel_size)``. Standard
-    parameterization: ``torch.nn.ConvNd`` with ``W ~ N(0, w_std^2 / fan_in)`` and
-    ``b ~ N(0, b_std^2)``. The NNGP of output locations ``(s, s')`` is
-    ``w_std^2 * mean_a q(s*stride + a - lo, s'*stride + a - lo) + b_std^2`` (zero outside the
-    input, or wrapped for circular padding); the NTK follows :func:`affine_kernel`.
-
-    Args:
-        out_channels: Output channels (the width that goes to infinity).
-        kernel_size: Window size, an int for every spatial axis or one per axis.
-        stride: Step between output locations, int or one per axis.
-        padding: ``"valid"`` (default, as torch's ``padding=0``), ``"same"`` (zeros; output
-            length ``ceil(length / stride)``, extra padding after for even kernels, as
-            torch), ``"circular"`` (the same amounts, wrapped around as on a torus), or an
-            int / tuple of zero paddings on both sides (as torch).
-        w_std: Weight standard deviation ``sigma_w``.
-        b_std: Bias standard deviation; ``None`` (default) means no bias.
-        parameterization: ``"ntk"`` or ``"standard"``.
+    The kernel rule is Conv's tap average followed by the affine map; ConvLocal keeps its
+    same-location entries.
     """
 
     memory_factor = 7.0
@@ -234,19 +269,13 @@ class Conv(WindowedLayer):
         b_std: float | None = None,
         parameterization: str = "ntk",
     ):
-        if isinstance(out_channels, bool) or int(out_channels) != out_channels or out_channels < 1:
-            raise ValueError(f"Conv out_channels must be a positive integer; got {out_channels}.")
-        self.out_channels = int(out_channels)
+        self.out_channels = check_conv_args(self.name, out_channels, kernel_size, stride)
         self.kernel_size = kernel_size
         self.stride = stride
         self.padding = check_padding(padding)
         self.w_std = check_std(w_std, "w_std", allow_none=False)
         self.b_std = check_std(b_std, "b_std", allow_none=True)
         self.parameterization = check_parameterization(parameterization)
-        # validate sizes early (the spatial rank is checked against the input later)
-        for name, value in (("kernel_size", kernel_size), ("stride", stride)):
-            if isinstance(value, int) and (isinstance(value, bool) or value < 1):
-                raise ValueError(f"Conv {name} must be positive; got {value!r}.")
 
     def out_shape(self, in_shape: Shape) -> Shape:
         _channels, lengths = spatial_input(repr(self), in_shape)
@@ -273,6 +302,33 @@ class Conv(WindowedLayer):
             out_shape=(self.out_channels, *(w.out for w in windows)),
             inplace=True,
         )
+
+    def __repr__(self) -> str:
+        return conv_repr(self)
+
+
+class Conv(TapConvolution):
+    """Convolution over ``(n, C, L)``, ``(n, C, H, W)`` or ``(n, C, D, H, W)`` inputs.
+
+    NTK parameterization (default): ``y = (w_std / sqrt(fan_in)) W * x + b_std b`` with
+    standard normal ``W`` and ``b`` and ``fan_in = C_in * prod(kernel_size)``. Standard
+    parameterization: ``torch.nn.ConvNd`` with ``W ~ N(0, w_std^2 / fan_in)`` and
+    ``b ~ N(0, b_std^2)``. The NNGP of output locations ``(s, s')`` is
+    ``w_std^2 * mean_a q(s*stride + a - lo, s'*stride + a - lo) + b_std^2`` (zero outside the
+    input, or wrapped for circular padding); the NTK follows :func:`affine_kernel`.
+
+    Args:
+        out_channels: Output channels (the width that goes to infinity).
+        kernel_size: Window size, an int for every spatial axis or one per axis.
+        stride: Step between output locations, int or one per axis.
+        padding: ``"valid"`` (default, as torch's ``padding=0``), ``"same"`` (zeros; output
+            length ``ceil(length / stride)``, extra padding after for even kernels, as
+            torch), ``"circular"`` (the same amounts, wrapped around as on a torus), or an
+            int / tuple of zero paddings on both sides (as torch).
+        w_std: Weight standard deviation ``sigma_w``.
+        b_std: Bias standard deviation; ``None`` (default) means no bias.
+        parameterization: ``"ntk"`` or ``"standard"``.
+    """
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
         channels, lengths = spatial_input(repr(self), in_shape)
@@ -308,11 +364,3 @@ class Conv(WindowedLayer):
         if symmetric:
             return conv
         return nn.Sequential(SpatialPad(pads, circular), conv)
-
-    def __repr__(self) -> str:
-        return (
-            f"Conv({self.out_channels}, {self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding!r}, w_std={value_of(self.w_std)}, "
-            f"b_std={None if self.b_std is None else value_of(self.b_std)}, "
-            f"parameterization={self.parameterization!r})"
-        )
