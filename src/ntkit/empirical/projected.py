@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ntkit._validation import as_batch, check_finite
+from ntkit._validation import as_batch
 from ntkit.empirical.assemble import halve_to_fit
 from ntkit.empirical.functional import functionalize, transform_safe
 from ntkit.empirical.modes import ModeSpec, mode_spec
@@ -252,9 +252,7 @@ def _check_inputs(x, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         if x.ndim < 1 or x.shape[0] == 0:
             raise ValueError(f"x must be a non-empty batch (n, ...); got {tuple(x.shape)}.")
         return x
-    x = as_batch(x, "x", dtype=dtype, device=device, min_rank=1)
-    check_finite(x, "x")
-    return x
+    return as_batch(x, "x", dtype=dtype, device=device, min_rank=1)  # checks finiteness
 
 
 def ntk_features(
