@@ -132,7 +132,8 @@ def plan_chunks(
     return ChunkPlan(c, kc, peak, featurized)
 
 
-def _slices(n: int, c: int) -> list[slice]:
+def chunk_slices(n: int, c: int) -> list[slice]:
+    """``[0:c], [c:2c], ...`` covering ``range(n)``."""
     return [slice(s, min(s + c, n)) for s in range(0, n, c)]
 
 
@@ -166,9 +167,9 @@ def assemble(
     device = x1.device
     c_all = spec.directions(dtype, device)
     k = c_all.shape[0]
-    rows1 = _slices(n1, plan.rows)
-    rows2 = rows1 if (sym or how == "diag") else _slices(n2, plan.rows)
-    dirs = _slices(k, plan.dirs)
+    rows1 = chunk_slices(n1, plan.rows)
+    rows2 = rows1 if (sym or how == "diag") else chunk_slices(n2, plan.rows)
+    dirs = chunk_slices(k, plan.dirs)
     shape = spec.result_shape(n1, n2)
     single = len(rows1) == 1 and len(rows2) == 1 and len(dirs) == 1
     names = per_parameter_names

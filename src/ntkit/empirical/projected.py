@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ntkit._validation import as_batch
-from ntkit.empirical.assemble import halve_to_fit
+from ntkit.empirical.assemble import chunk_slices, halve_to_fit
 from ntkit.empirical.functional import functionalize, transform_safe
 from ntkit.empirical.modes import ModeSpec, mode_spec
 from ntkit.empirical.profile import ModelProfile, profile
@@ -129,10 +129,6 @@ def plan_projection(
     return ProjectionPlan(c, kc, peak)
 
 
-def _slices(n: int, c: int) -> list[slice]:
-    return [slice(s, min(s + c, n)) for s in range(0, n, c)]
-
-
 @contextlib.contextmanager
 def _progress_bar(total: int, enabled: bool, what: str):
     """A rich progress bar over ``total`` steps (silent for one step or when disabled)."""
@@ -179,7 +175,7 @@ def projected_features(
     n = x.shape[0]
     shape = (n, dim) if how == "trace" else (n, k, dim)
     out = torch.zeros(shape, dtype=dtype, device=device)
-    rows, dirs = _slices(n, plan.rows), _slices(k, plan.dirs)
+    rows, dirs = chunk_slices(n, plan.rows), chunk_slices(k, plan.dirs)
     with _progress_bar(len(rows) * len(dirs), progress, "projected NTK features") as step:
         for r in rows:
             for d in dirs:
