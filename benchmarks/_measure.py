@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from contextlib import suppress
 
 
 def run_case(setup: str, statement: str, *, device: str = "cpu", repeats: int = 3) -> dict:
@@ -50,6 +51,21 @@ def run_case(setup: str, statement: str, *, device: str = "cpu", repeats: int = 
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def status_bytes(field: str) -> int:
+    """``field`` of ``/proc/self/status`` (``"VmRSS"``, ``"VmHWM"``) in bytes; 0 where absent."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak_rss() -> None:
+    """Reset ``VmHWM`` to the current resident size (``/proc/self/clear_refs``) where allowed."""
+    with suppress(OSError), open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
 
 
 def machine(device: str = "cpu") -> str:

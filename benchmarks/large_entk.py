@@ -48,7 +48,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _measure import machine
+from _measure import machine, reset_peak_rss, status_bytes
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
@@ -153,36 +153,16 @@ def build(name: str, n: int):
 # --------------------------------------------------------------------------- memory
 
 
-def _rss() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _hwm() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def measure(fn):
     """``(result, seconds, peak bytes above the resident size before the call)``."""
     import gc
 
     gc.collect()
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-    base = _rss()
+    reset_peak_rss()
+    base = status_bytes("VmRSS")
     t0 = time.perf_counter()
     out = fn()
-    return out, time.perf_counter() - t0, max(_hwm() - base, 0)
+    return out, time.perf_counter() - t0, max(status_bytes("VmHWM") - base, 0)
 
 
 # --------------------------------------------------------------------------- baselines

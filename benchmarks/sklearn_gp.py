@@ -28,23 +28,14 @@ import argparse
 import gc
 import math
 import time
-from contextlib import suppress
 
 import numpy as np
 import torch
-from _measure import machine
+from _measure import machine, reset_peak_rss, status_bytes
 from sklearn.gaussian_process import GaussianProcessRegressor
 from threadpoolctl import threadpool_limits
 
 from ntkit.sklearn import NTKKernel
-
-
-def _rss(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def measure(fn, repeats: int) -> tuple[float, int]:
@@ -52,13 +43,12 @@ def measure(fn, repeats: int) -> tuple[float, int]:
     best, peak = math.inf, 0
     for _ in range(repeats):
         gc.collect()
-        with suppress(OSError), open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        before = _rss("VmRSS")
+        reset_peak_rss()
+        before = status_bytes("VmRSS")
         t0 = time.perf_counter()
         out = fn()
         best = min(best, time.perf_counter() - t0)
-        peak = max(peak, _rss("VmHWM") - before)
+        peak = max(peak, status_bytes("VmHWM") - before)
         del out
     return best, peak
 

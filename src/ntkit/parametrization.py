@@ -369,9 +369,10 @@ def _param_of(model: nn.Module, s: ParamScale) -> nn.Parameter:
 
 
 def _initialise(p: nn.Parameter, std: float, gen) -> None:
+    from ntkit.layers import _init  # lazily, as below: importing ntkit.layers is not free
+
     with torch.no_grad():
-        draw = torch.randn(p.shape, generator=gen, dtype=torch.float64)
-        p.copy_((draw * std).to(p.dtype))
+        p.copy_(_init.normal(tuple(p.shape), gen, std).to(p.dtype))
 
 
 def _set_multipliers(mod: nn.Module, mults: dict[str, float], fan_in: int) -> None:

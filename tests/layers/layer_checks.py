@@ -7,8 +7,11 @@ and positive semi-definiteness, and the untiled result of the same call.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
+from torch.func import functional_call, jacrev
 
 import ntkit.layers as L
 from ntkit import empirical_ntk
@@ -29,6 +32,21 @@ def features_kernel(body, x, seed):
     with torch.no_grad():
         f = model(x).reshape(x.shape[0], -1)
     return f @ f.T / f.shape[1]
+
+
+def jacobian_ntk(model, x, context=contextlib.nullcontext):
+    """``J J^T`` of a one-output finite ``model`` at ``x`` (reverse mode), run in ``context()``."""
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def f(p):
+        with context():
+            return functional_call(model, p, (x,)).reshape(x.shape[0])
+
+    out = 0.0
+    for j in jacrev(f)(params).values():
+        j = j.reshape(x.shape[0], -1)
+        out = out + j @ j.T
+    return out
 
 
 def mc_errors(build, x, width, seeds=(0, 1, 2), readout=None):

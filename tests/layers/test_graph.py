@@ -3,13 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from torch.func import functional_call, jacrev
 
 import ntkit.layers as L
 from ntkit.datasets import small_world_graphs
 from ntkit.predict import kernel_regression
 from tests.layers import cnn_reference as R
-from tests.layers.layer_checks import assert_tiling_invariant, randn, rel
+from tests.layers.layer_checks import assert_tiling_invariant, jacobian_ntk, randn, rel
 
 
 def _graphs(n, channels=3, nodes=6, seed=0):
@@ -54,20 +53,6 @@ def test_matches_explicit_reference(param):
     torch.testing.assert_close(got.ntk, R.cross_block(J, 3, "T"), rtol=1e-12, atol=1e-12)
 
 
-def _graph_ntk(model, x, a):
-    params = {k: v.detach() for k, v in model.named_parameters()}
-
-    def f(p):
-        with L.graph_context(a):
-            return functional_call(model, p, (x,)).reshape(x.shape[0])
-
-    out = 0.0
-    for j in jacrev(f)(params).values():
-        j = j.reshape(x.shape[0], -1)
-        out = out + j @ j.T
-    return out
-
-
 def _mc_errors(x, a, width, seeds=(0, 1, 2)):
     body = _net(width)
     net = L.serial(body, L.Dense(1, b_std=0.1))
@@ -80,7 +65,7 @@ def _mc_errors(x, a, width, seeds=(0, 1, 2)):
             f = model(x)
         e_nngp.append(rel(f @ f.T / f.shape[1], nngp))
         full = net.module(tuple(x.shape[1:]), seed=s, dtype=torch.float64)
-        e_ntk.append(rel(_graph_ntk(full, x, a), ntk))
+        e_ntk.append(rel(jacobian_ntk(full, x, lambda: L.graph_context(a)), ntk))
     return np.mean(e_nngp), np.mean(e_ntk)
 
 

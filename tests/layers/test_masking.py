@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from torch.func import functional_call, jacrev
 
 import ntkit.layers as L
-from tests.layers.layer_checks import assert_tiling_invariant, randn, rel
+from tests.layers.layer_checks import assert_tiling_invariant, jacobian_ntk, randn, rel
 
 
 def _net(width=4, pos=None):
@@ -65,20 +64,6 @@ def test_variable_lengths_pairwise():
     assert_tiling_invariant(net, L.Masked(padded, mask))
 
 
-def _masked_ntk(model, x, mask):
-    params = {k: v.detach() for k, v in model.named_parameters()}
-
-    def f(p):
-        with L.mask_context(mask):
-            return functional_call(model, p, (x,)).reshape(x.shape[0])
-
-    out = 0.0
-    for j in jacrev(f)(params).values():
-        j = j.reshape(x.shape[0], -1)
-        out = out + j @ j.T
-    return out
-
-
 @pytest.mark.montecarlo
 def test_finite_masked_networks_converge():
     lengths = [4, 2, 3]
@@ -99,7 +84,7 @@ def test_finite_masked_networks_converge():
                 f = model(x)
             e1.append(rel(f @ f.T / f.shape[1], nngp))
             full = net.module((2, 5), seed=s, dtype=torch.float64)
-            e2.append(rel(_masked_ntk(full, x, mask), ntk))
+            e2.append(rel(jacobian_ntk(full, x, lambda: L.mask_context(mask)), ntk))
         return np.mean(e1), np.mean(e2)
 
     narrow, wide = errors(16), errors(256)

@@ -4,7 +4,12 @@ import pytest
 import torch
 
 import ntkit.layers as L
-from tests.layers.layer_checks import assert_converges, assert_tiling_invariant, randn
+from tests.layers.layer_checks import (
+    assert_converges,
+    assert_tiling_invariant,
+    jacobian_ntk,
+    randn,
+)
 
 
 def _unrolled(steps, hidden, act, w_std, u_std, b_std, param):
@@ -186,14 +191,7 @@ def test_finite_rnns_of_mixed_lengths_converge():
                 f = model(x)
             e1.append(float((f @ f.T / width - nngp).norm() / nngp.norm()))
             full = net.module((2, 5), seed=s, dtype=torch.float64)
-            params = {k: v.detach() for k, v in full.named_parameters()}
-
-            def fn(p, model=full):
-                with L.mask_context(mask):
-                    return torch.func.functional_call(model, p, (x,)).reshape(-1)
-
-            jac = torch.func.jacrev(fn)(params)
-            emp = sum(j.reshape(4, -1) @ j.reshape(4, -1).T for j in jac.values())
+            emp = jacobian_ntk(full, x, lambda: L.mask_context(mask))
             e2.append(float((emp - ntk).norm() / ntk.norm()))
         return sum(e1) / 3, sum(e2) / 3
 

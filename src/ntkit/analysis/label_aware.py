@@ -35,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ntkit.analysis.metrics import as_kernel_matrix
 from ntkit.predict._checks import as_float_tensor
 
 __all__ = [
@@ -87,13 +88,6 @@ def label_products(y, n: int) -> torch.Tensor:
     return y[:, None] if y.ndim == 1 else y
 
 
-def _square(k, name: str) -> torch.Tensor:
-    k = as_float_tensor(k, name, dtype=torch.float64)
-    if k.ndim != 2 or k.shape[0] != k.shape[1]:
-        raise ValueError(f"{name} must be a square (n, n) kernel; got {tuple(k.shape)}.")
-    return k
-
-
 def label_aware_hr(
     k_train_train, y_train, k_other_train=None, *, strength: float = 0.1
 ) -> torch.Tensor:
@@ -121,7 +115,7 @@ def label_aware_hr(
             examples, a constant training kernel, or negative ``strength``.
         TypeError: labels of the wrong type.
     """
-    k = _square(k_train_train, "k_train_train")
+    k = as_kernel_matrix(k_train_train, "k_train_train")
     n = k.shape[0]
     if n < 2:
         raise ValueError(f"LANTK-HR needs at least 2 training examples; got {n}.")
@@ -178,7 +172,7 @@ def label_aware_nth(k_train_train, y_train, k_pair, k4, *, ridge: float = 0.0) -
         ValueError: shapes, labels, a negative ridge or an ``H`` that is not positive
             definite.
     """
-    h = _square(k_train_train, "k_train_train")
+    h = as_kernel_matrix(k_train_train, "k_train_train")
     n = h.shape[0]
     y = label_products(y_train, n)
     kp = as_float_tensor(k_pair, "k_pair", dtype=torch.float64)

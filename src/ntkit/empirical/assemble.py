@@ -48,6 +48,24 @@ def _block_entries(how: str, c1: int, c2: int, k: int) -> int:
     return c1 * k * k
 
 
+def halve_to_fit(
+    need: Callable[[int, int], float], a: int, b: int, budget: float
+) -> tuple[int, int, float]:
+    """Halve chunk size ``a`` (rounding up), then ``b``, until ``need(a, b) <= budget``.
+
+    Neither goes below 1, so the returned ``peak = need(a, b)`` may still exceed ``budget``
+    (the caller raises).
+
+    Returns:
+        ``(a, b, peak)``.
+    """
+    while need(a, b) > budget and a > 1:
+        a = (a + 1) // 2
+    while need(a, b) > budget and b > 1:
+        b = (b + 1) // 2
+    return a, b, need(a, b)
+
+
 def plan_chunks(
     spec: ModeSpec,
     n1: int,
@@ -95,12 +113,7 @@ def plan_chunks(
         two = feat(c1, kc) + (0 if sym and c1 >= n1 and kc >= k else feat(c2, kc))
         return result + two + 3 * _block_entries(spec.how, c1, c2, kc) * itemsize
 
-    c, kc = max(n1, n2), k
-    while need(c, kc) > budget and c > 1:
-        c = (c + 1) // 2
-    while need(c, kc) > budget and kc > 1:
-        kc = (kc + 1) // 2
-    peak = need(c, kc)
+    c, kc, peak = halve_to_fit(need, max(n1, n2), k, budget)
     if peak > budget:
         raise ValueError(
             f"max_memory={format_bytes(budget)} cannot hold {what}: the result alone needs "
@@ -119,7 +132,8 @@ def plan_chunks(
     return ChunkPlan(c, kc, peak, featurized)
 
 
-def _slices(n: int, c: int) -> list[slice]:
+def chunk_slices(n: int, c: int) -> list[slice]:
+    """``[0:c], [c:2c], ...`` covering ``range(n)``."""
     return [slice(s, min(s + c, n)) for s in range(0, n, c)]
 
 
@@ -153,9 +167,9 @@ def assemble(
     device = x1.device
     c_all = spec.directions(dtype, device)
     k = c_all.shape[0]
-    rows1 = _slices(n1, plan.rows)
-    rows2 = rows1 if (sym or how == "diag") else _slices(n2, plan.rows)
-    dirs = _slices(k, plan.dirs)
+    rows1 = chunk_slices(n1, plan.rows)
+    rows2 = rows1 if (sym or how == "diag") else chunk_slices(n2, plan.rows)
+    dirs = chunk_slices(k, plan.dirs)
     shape = spec.result_shape(n1, n2)
     single = len(rows1) == 1 and len(rows2) == 1 and len(dirs) == 1
     names = per_parameter_names

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ntkit._validation import as_batch, check_finite
+from ntkit._validation import as_batch
+from ntkit.empirical.assemble import chunk_slices, halve_to_fit
 from ntkit.empirical.functional import functionalize, transform_safe
 from ntkit.empirical.modes import ModeSpec, mode_spec
 from ntkit.empirical.profile import ModelProfile, profile
@@ -116,12 +117,7 @@ def plan_projection(
         phi = 2 * (kc if how == "full" else 1) * dim
         return fixed + c * (f_fixed + kc * f_dir + (temp + phi) * itemsize)
 
-    c, kc = n, k
-    while need(c, kc) > budget and c > 1:
-        c = (c + 1) // 2
-    while need(c, kc) > budget and kc > 1:
-        kc = (kc + 1) // 2
-    peak = need(c, kc)
+    c, kc, peak = halve_to_fit(need, n, k, budget)
     if peak > budget:
         raise ValueError(
             f"max_memory={format_bytes(budget)} cannot hold projected features with "
@@ -131,10 +127,6 @@ def plan_projection(
             "fewer inputs per call."
         )
     return ProjectionPlan(c, kc, peak)
-
-
-def _slices(n: int, c: int) -> list[slice]:
-    return [slice(s, min(s + c, n)) for s in range(0, n, c)]
 
 
 @contextlib.contextmanager
@@ -183,7 +175,7 @@ def projected_features(
     n = x.shape[0]
     shape = (n, dim) if how == "trace" else (n, k, dim)
     out = torch.zeros(shape, dtype=dtype, device=device)
-    rows, dirs = _slices(n, plan.rows), _slices(k, plan.dirs)
+    rows, dirs = chunk_slices(n, plan.rows), chunk_slices(k, plan.dirs)
     with _progress_bar(len(rows) * len(dirs), progress, "projected NTK features") as step:
         for r in rows:
             for d in dirs:
@@ -256,9 +248,7 @@ def _check_inputs(x, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         if x.ndim < 1 or x.shape[0] == 0:
             raise ValueError(f"x must be a non-empty batch (n, ...); got {tuple(x.shape)}.")
         return x
-    x = as_batch(x, "x", dtype=dtype, device=device, min_rank=1)
-    check_finite(x, "x")
-    return x
+    return as_batch(x, "x", dtype=dtype, device=device, min_rank=1)  # checks finiteness
 
 
 def ntk_features(

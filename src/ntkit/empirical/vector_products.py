@@ -14,6 +14,7 @@ import math
 import torch
 from torch.func import jvp, vjp, vmap
 
+from ntkit.empirical.assemble import halve_to_fit
 from ntkit.empirical.functional import FunctionalModel
 from ntkit.empirical.jacobian import per_sample_jacobians
 from ntkit.empirical.modes import ModeSpec
@@ -80,12 +81,7 @@ def ntvp_plan(
     def need(cols: int, r: int) -> float:
         return result + cols * (total_params * itemsize + 3 * r * act_bytes + r * k * itemsize)
 
-    cols = n_cols
-    while need(cols, rows) > budget and cols > 1:
-        cols = (cols + 1) // 2
-    while need(cols, rows) > budget and rows > 1:
-        rows = (rows + 1) // 2
-    peak = need(cols, rows)
+    cols, rows, peak = halve_to_fit(need, n_cols, rows, budget)
     if peak > budget:
         raise ValueError(
             f"max_memory={format_bytes(budget)} cannot hold the NTK-vector-product kernel: "

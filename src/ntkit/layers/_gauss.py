@@ -141,6 +141,15 @@ class HermiteTable:
         self.odd = bool(self.coef[..., 0::2].abs().max() <= 1e-13 * self.coef.abs().max())
         self.even = bool(self.coef[..., 1::2].abs().max() <= 1e-13 * self.coef.abs().max())
 
+    def _exact_at_zero(self, c, e, zero):
+        """``(c, e)`` with the exact values at ``sd == 0`` (``f(0)``, zeros; ``f(0)^2``)."""
+        if not bool(zero.any()):
+            return c, e
+        c0 = torch.zeros_like(c)
+        c0[..., 0] = self.at_zero
+        c = torch.where(zero.unsqueeze(-1), c0, c)
+        return c, torch.where(zero, torch.full_like(e, self.at_zero**2), e)
+
     def _direct_lookup(self, sd, safe, zero):
         flat = safe.reshape(-1)
         uniq, inverse = torch.unique(flat.detach(), return_inverse=True)
@@ -152,12 +161,7 @@ class HermiteTable:
         c, e = c.to(sd.dtype)[inverse], e.to(sd.dtype)[inverse]
         c = c.reshape(*sd.shape, MAX_TERMS + 1)
         e = e.reshape(sd.shape)
-        if bool(zero.any()):
-            c0 = torch.zeros_like(c)
-            c0[..., 0] = self.at_zero
-            c = torch.where(zero.unsqueeze(-1), c0, c)
-            e = torch.where(zero, torch.full_like(e, self.at_zero**2), e)
-        return c, e
+        return self._exact_at_zero(c, e, zero)
 
     def lookup(self, sd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Interpolated ``(c_k (..., K+1), E[f^2] (...))`` at standard deviations ``sd``.
@@ -198,12 +202,7 @@ class HermiteTable:
             e = e.index_copy(0, rows, flat_w[rows] @ energy[j])
         c = c.reshape(*sd.shape, coef.shape[-1])
         e = e.reshape(sd.shape)
-        if bool(zero.any()):
-            c0 = torch.zeros_like(c)
-            c0[..., 0] = self.at_zero
-            c = torch.where(zero.unsqueeze(-1), c0, c)
-            e = torch.where(zero, torch.full_like(e, self.at_zero**2), e)
-        return c, e
+        return self._exact_at_zero(c, e, zero)
 
 
 def direct_coefficients(f, sd, terms, breakpoints, tol, name):

@@ -18,6 +18,28 @@ from ntkit.errors import LayerSpecError
 from ntkit.kernel import Kernel
 
 
+def map_covariances(k: Kernel, fn, **changes) -> Kernel:
+    """``k`` with ``fn(t, 2)`` applied to ``nngp``/``ntk`` and ``fn(t, 1)`` to ``cov1``/``cov2``.
+
+    Args:
+        k: The kernel.
+        fn: ``fn(t, batch_axes)``: the map of one tensor (``None`` entries are passed
+            through without calling it).
+        **changes: Further fields to replace (e.g. ``shape``).
+    """
+
+    def apply(t, batch_axes):
+        return None if t is None else fn(t, batch_axes)
+
+    return k.replace(
+        nngp=apply(k.nngp, 2),
+        ntk=apply(k.ntk, 2),
+        cov1=apply(k.cov1, 1),
+        cov2=apply(k.cov2, 1),
+        **changes,
+    )
+
+
 def n_spatial(k: Kernel) -> int:
     """Number of spatial axes of the activations (0 for vector features)."""
     return len(k.shape) - 1

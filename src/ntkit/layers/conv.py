@@ -24,6 +24,7 @@ from ntkit.layers._params import value_of
 from ntkit.layers._spatial import (
     AxisWindow,
     check_padding,
+    map_covariances,
     pair_window_sum,
     resolve_windows,
     window_sum,
@@ -58,6 +59,57 @@ def flat_pads(windows: list[AxisWindow]) -> list[int]:
     for w in reversed(windows):
         pads += [w.lo, w.hi]
     return pads
+
+
+def check_conv_args(who: str, out_channels, kernel_size, stride) -> int:
+    """Validate a convolution's ``out_channels`` and integer ``kernel_size``/``stride``.
+
+    Tuples are checked against the input's spatial rank later. Returns ``out_channels``.
+
+    Raises:
+        ValueError: ``out_channels`` is not a positive integer, or an integer
+            ``kernel_size``/``stride`` is not positive.
+    """
+    if isinstance(out_channels, bool) or int(out_channels) != out_channels or out_channels < 1:
+        raise ValueError(f"{who} out_channels must be a positive integer; got {out_channels}.")
+    for name, value in (("kernel_size", kernel_size), ("stride", stride)):
+        if isinstance(value, int) and (isinstance(value, bool) or value < 1):
+            raise ValueError(f"{who} {name} must be positive; got {value!r}.")
+    return int(out_channels)
+
+
+def conv_repr(layer) -> str:
+    """``Name(out_channels, kernel_size, stride=..., padding=..., w_std=..., b_std=..., ...)``."""
+    b_std = None if layer.b_std is None else value_of(layer.b_std)
+    return (
+        f"{layer.name}({layer.out_channels}, {layer.kernel_size}, stride={layer.stride}, "
+        f"padding={layer.padding!r}, w_std={value_of(layer.w_std)}, b_std={b_std}, "
+        f"parameterization={layer.parameterization!r})"
+    )
+
+
+def init_scales(w_std, b_std, fan_in: int, parameterization: str):
+    """Forward scales and initial draws' standard deviations of a weight and bias.
+
+    NTK parameterization multiplies standard-normal parameters by ``w_std / sqrt(fan_in)``
+    and ``b_std``; standard parameterization draws ``N(0, w_std^2 / fan_in)`` and
+    ``N(0, b_std^2)`` and multiplies by 1.
+
+    Args:
+        w_std: Weight standard deviation (a number or a layer parameter).
+        b_std: Bias standard deviation; ``None`` means no bias.
+        fan_in: Inputs per output unit.
+        parameterization: ``"ntk"`` or ``"standard"``.
+
+    Returns:
+        ``(scale, b_scale, w_draw, b_draw)`` (``b_scale``/``b_draw`` ``None`` without bias).
+    """
+    w = value_of(w_std) / math.sqrt(fan_in)
+    b_std = None if b_std is None else value_of(b_std)
+    unit = None if b_std is None else 1.0
+    if parameterization == "ntk":
+        return w, b_std, 1.0, unit
+    return 1.0, unit, w, b_std
 
 
 class SpatialPad(nn.Module):
@@ -197,7 +249,65 @@ class WindowedLayer(Layer):
         return self.memory_factor * largest * k.entries_per_pair
 
 
-class Conv(WindowedLayer):
+class TapConvolution(WindowedLayer):
+    """Shared by :class:`Conv` and :class:`ntkit.layers.ConvLocal`: arguments, shapes, kernel.
+
+    The kernel rule is Conv's tap average followed by the affine map; ConvLocal keeps its
+    same-location entries.
+    """
+
+    memory_factor = 7.0
+
+    def __init__(
+        self,
+        out_channels: int,
+        kernel_size,
+        *,
+        stride=1,
+        padding="valid",
+        w_std: float = 1.0,
+        b_std: float | None = None,
+        parameterization: str = "ntk",
+    ):
+        self.out_channels = check_conv_args(self.name, out_channels, kernel_size, stride)
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = check_padding(padding)
+        self.w_std = check_std(w_std, "w_std", allow_none=False)
+        self.b_std = check_std(b_std, "b_std", allow_none=True)
+        self.parameterization = check_parameterization(parameterization)
+
+    def out_shape(self, in_shape: Shape) -> Shape:
+        _channels, lengths = spatial_input(repr(self), in_shape)
+        return (self.out_channels, *(w.out for w in self._windows(lengths)))
+
+    def working_entries(self, k: Kernel) -> float:
+        return self._window_working_entries(k, 1 if k.diagonal_spatial else 2)
+
+    def kernel_rule(self, k: Kernel) -> Kernel:
+        channels, lengths = spatial_input(repr(self), k.shape)
+        windows = self._windows(lengths)
+        diagonal = k.diagonal_spatial
+        taps = math.prod(w.size for w in windows)
+        summed = map_covariances(k, lambda t, b: patch_sum(t, b, windows, diagonal))
+        # The tap average's 1/taps is folded into the weight variance, and the standard
+        # parameterization's fan_in * mean becomes C_in * sum. The summed tensors are
+        # fresh, so the affine map runs in place.
+        return affine_kernel(
+            summed,
+            w2=self.w_std**2 / taps,
+            b_std=self.b_std,
+            parameterization=self.parameterization,
+            fan_in=channels,
+            out_shape=(self.out_channels, *(w.out for w in windows)),
+            inplace=True,
+        )
+
+    def __repr__(self) -> str:
+        return conv_repr(self)
+
+
+class Conv(TapConvolution):
     """Convolution over ``(n, C, L)``, ``(n, C, H, W)`` or ``(n, C, D, H, W)`` inputs.
 
     NTK parameterization (default): ``y = (w_std / sqrt(fan_in)) W * x + b_std b`` with
@@ -219,64 +329,6 @@ class Conv(WindowedLayer):
         b_std: Bias standard deviation; ``None`` (default) means no bias.
         parameterization: ``"ntk"`` or ``"standard"``.
     """
-
-    memory_factor = 7.0
-
-    def __init__(
-        self,
-        out_channels: int,
-        kernel_size,
-        *,
-        stride=1,
-        padding="valid",
-        w_std: float = 1.0,
-        b_std: float | None = None,
-        parameterization: str = "ntk",
-    ):
-        if isinstance(out_channels, bool) or int(out_channels) != out_channels or out_channels < 1:
-            raise ValueError(f"Conv out_channels must be a positive integer; got {out_channels}.")
-        self.out_channels = int(out_channels)
-        self.kernel_size = kernel_size
-        self.stride = stride
-        self.padding = check_padding(padding)
-        self.w_std = check_std(w_std, "w_std", allow_none=False)
-        self.b_std = check_std(b_std, "b_std", allow_none=True)
-        self.parameterization = check_parameterization(parameterization)
-        # validate sizes early (the spatial rank is checked against the input later)
-        for name, value in (("kernel_size", kernel_size), ("stride", stride)):
-            if isinstance(value, int) and (isinstance(value, bool) or value < 1):
-                raise ValueError(f"Conv {name} must be positive; got {value!r}.")
-
-    def out_shape(self, in_shape: Shape) -> Shape:
-        _channels, lengths = spatial_input(repr(self), in_shape)
-        return (self.out_channels, *(w.out for w in self._windows(lengths)))
-
-    def working_entries(self, k: Kernel) -> float:
-        return self._window_working_entries(k, 1 if k.diagonal_spatial else 2)
-
-    def kernel_rule(self, k: Kernel) -> Kernel:
-        channels, lengths = spatial_input(repr(self), k.shape)
-        windows = self._windows(lengths)
-        diagonal = k.diagonal_spatial
-        taps = math.prod(w.size for w in windows)
-        summed = k.replace(
-            nngp=patch_sum(k.nngp, 2, windows, diagonal),
-            ntk=patch_sum(k.ntk, 2, windows, diagonal),
-            cov1=patch_sum(k.cov1, 1, windows, diagonal),
-            cov2=patch_sum(k.cov2, 1, windows, diagonal),
-        )
-        # The tap average's 1/taps is folded into the weight variance, and the standard
-        # parameterization's fan_in * mean becomes C_in * sum. The summed tensors are
-        # fresh, so the affine map runs in place.
-        return affine_kernel(
-            summed,
-            w2=self.w_std**2 / taps,
-            b_std=self.b_std,
-            parameterization=self.parameterization,
-            fan_in=channels,
-            out_shape=(self.out_channels, *(w.out for w in windows)),
-            inplace=True,
-        )
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
         channels, lengths = spatial_input(repr(self), in_shape)
@@ -312,11 +364,3 @@ class Conv(WindowedLayer):
         if symmetric:
             return conv
         return nn.Sequential(SpatialPad(pads, circular), conv)
-
-    def __repr__(self) -> str:
-        return (
-            f"Conv({self.out_channels}, {self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding!r}, w_std={value_of(self.w_std)}, "
-            f"b_std={None if self.b_std is None else value_of(self.b_std)}, "
-            f"parameterization={self.parameterization!r})"
-        )

@@ -16,11 +16,15 @@ from torch import nn
 
 from ntkit.kernel import Kernel
 from ntkit.layers import _init
-from ntkit.layers._params import value_of
-from ntkit.layers._spatial import check_padding
+from ntkit.layers._spatial import map_covariances, n_spatial
 from ntkit.layers.base import Shape
-from ntkit.layers.conv import SpatialPad, WindowedLayer, flat_pads, patch_sum, spatial_input
-from ntkit.layers.dense import affine_kernel, check_parameterization, check_std
+from ntkit.layers.conv import (
+    SpatialPad,
+    TapConvolution,
+    flat_pads,
+    init_scales,
+    spatial_input,
+)
 
 __all__ = ["ConvLocal", "ConvLocalModule"]
 
@@ -112,7 +116,7 @@ def _location_identity(t: torch.Tensor, batch_axes: int, n_axes: int) -> torch.T
     return mask
 
 
-class ConvLocal(WindowedLayer):
+class ConvLocal(TapConvolution):
     """Locally connected layer (untied weights per location), same arguments as ``Conv``.
 
     Each output location has its own weights ``W[o]`` ``(C_out, C_in, *kernel_size)`` and bias
@@ -133,73 +137,12 @@ class ConvLocal(WindowedLayer):
         parameterization: ``"ntk"`` or ``"standard"``.
     """
 
-    memory_factor = 7.0
-
-    def __init__(
-        self,
-        out_channels: int,
-        kernel_size,
-        *,
-        stride=1,
-        padding="valid",
-        w_std: float = 1.0,
-        b_std: float | None = None,
-        parameterization: str = "ntk",
-    ):
-        if isinstance(out_channels, bool) or int(out_channels) != out_channels or out_channels < 1:
-            raise ValueError(
-                f"ConvLocal out_channels must be a positive integer; got {out_channels}."
-            )
-        for name, value in (("kernel_size", kernel_size), ("stride", stride)):
-            if isinstance(value, int) and (isinstance(value, bool) or value < 1):
-                raise ValueError(f"ConvLocal {name} must be positive; got {value!r}.")
-        self.out_channels = int(out_channels)
-        self.kernel_size = kernel_size
-        self.stride = stride
-        self.padding = check_padding(padding)
-        self.w_std = check_std(w_std, "w_std", allow_none=False)
-        self.b_std = check_std(b_std, "b_std", allow_none=True)
-        self.parameterization = check_parameterization(parameterization)
-
-    def out_shape(self, in_shape: Shape) -> Shape:
-        _channels, lengths = spatial_input(repr(self), in_shape)
-        return (self.out_channels, *(w.out for w in self._windows(lengths)))
-
-    def working_entries(self, k: Kernel) -> float:
-        return self._window_working_entries(k, 1 if k.diagonal_spatial else 2)
-
     def kernel_rule(self, k: Kernel) -> Kernel:
-        channels, lengths = spatial_input(repr(self), k.shape)
-        windows = self._windows(lengths)
-        diagonal = k.diagonal_spatial
-        summed = k.replace(
-            nngp=patch_sum(k.nngp, 2, windows, diagonal),
-            ntk=patch_sum(k.ntk, 2, windows, diagonal),
-            cov1=patch_sum(k.cov1, 1, windows, diagonal),
-            cov2=patch_sum(k.cov2, 1, windows, diagonal),
-        )
-        out = affine_kernel(
-            summed,
-            w2=self.w_std**2 / math.prod(w.size for w in windows),
-            b_std=self.b_std,
-            parameterization=self.parameterization,
-            fan_in=channels,
-            out_shape=(self.out_channels, *(w.out for w in windows)),
-            inplace=True,
-        )
-        if diagonal:
+        out = super().kernel_rule(k)
+        if k.diagonal_spatial:
             return out
-        n = len(windows)
-
-        def untie(t, batch_axes):
-            return None if t is None else t * _location_identity(t, batch_axes, n)
-
-        return out.replace(
-            nngp=untie(out.nngp, 2),
-            ntk=untie(out.ntk, 2),
-            cov1=untie(out.cov1, 1),
-            cov2=untie(out.cov2, 1),
-        )
+        n = n_spatial(k)
+        return map_covariances(out, lambda t, b: t * _location_identity(t, b, n))
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
         channels, lengths = spatial_input(repr(self), in_shape)
@@ -207,9 +150,9 @@ class ConvLocal(WindowedLayer):
         sizes = tuple(w.size for w in windows)
         outs = tuple(w.out for w in windows)
         fan_in = channels * math.prod(sizes)
-        ntk = self.parameterization == "ntk"
-        w_std = value_of(self.w_std)
-        b_std = None if self.b_std is None else value_of(self.b_std)
+        scale, b_scale, w_draw, b_draw = init_scales(
+            self.w_std, self.b_std, fan_in, self.parameterization
+        )
         mod = ConvLocalModule(
             channels,
             self.out_channels,
@@ -218,20 +161,10 @@ class ConvLocal(WindowedLayer):
             outs,
             flat_pads(windows),
             windows[0].circular,
-            w_std / math.sqrt(fan_in) if ntk else 1.0,
-            None if b_std is None else (b_std if ntk else 1.0),
+            scale,
+            b_scale,
         )
-        w_draw = 1.0 if ntk else w_std / math.sqrt(fan_in)
         mod.weight.copy_(_init.normal(tuple(mod.weight.shape), generator, w_draw))
         if mod.bias is not None:
-            b_draw = 1.0 if ntk else b_std
             mod.bias.copy_(_init.normal(tuple(mod.bias.shape), generator, b_draw))
         return mod
-
-    def __repr__(self) -> str:
-        return (
-            f"ConvLocal({self.out_channels}, {self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding!r}, w_std={value_of(self.w_std)}, "
-            f"b_std={None if self.b_std is None else value_of(self.b_std)}, "
-            f"parameterization={self.parameterization!r})"
-        )

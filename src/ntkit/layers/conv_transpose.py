@@ -37,10 +37,15 @@ from torch import nn
 
 from ntkit.kernel import Kernel
 from ntkit.layers import _init
-from ntkit.layers._params import value_of
-from ntkit.layers._spatial import AxisWindow, as_tuple
+from ntkit.layers._spatial import AxisWindow, as_tuple, map_covariances
 from ntkit.layers.base import Layer, LayerSpecError, Shape
-from ntkit.layers.conv import patch_sum, spatial_input
+from ntkit.layers.conv import (
+    check_conv_args,
+    conv_repr,
+    init_scales,
+    patch_sum,
+    spatial_input,
+)
 from ntkit.layers.dense import affine_kernel, check_parameterization, check_std
 
 __all__ = ["ConvTranspose", "ConvTransposeModule", "transpose_paddings"]
@@ -203,18 +208,11 @@ class ConvTranspose(Layer):
         b_std: float | None = None,
         parameterization: str = "ntk",
     ):
-        if isinstance(out_channels, bool) or int(out_channels) != out_channels or out_channels < 1:
-            raise ValueError(
-                f"ConvTranspose out_channels must be a positive integer; got {out_channels}."
-            )
+        self.out_channels = check_conv_args(self.name, out_channels, kernel_size, stride)
         if not isinstance(padding, str) or padding.lower() not in _T_PADDINGS:
             raise ValueError(
                 f"ConvTranspose padding must be one of {_T_PADDINGS}; got {padding!r}."
             )
-        for name, value in (("kernel_size", kernel_size), ("stride", stride)):
-            if isinstance(value, int) and (isinstance(value, bool) or value < 1):
-                raise ValueError(f"ConvTranspose {name} must be positive; got {value!r}.")
-        self.out_channels = int(out_channels)
         self.kernel_size = kernel_size
         self.stride = stride
         self.padding = padding.lower()
@@ -260,8 +258,6 @@ class ConvTranspose(Layer):
         windows = [w for w, _, _ in geometry]
 
         def transform(t, batch_axes):
-            if t is None:
-                return None
             for i, (_, step, _) in enumerate(geometry):
                 d = batch_axes + (i if diagonal else 2 * i)
                 t = _dilate(t, (d,) if diagonal else (d, d + 1), step)
@@ -272,12 +268,7 @@ class ConvTranspose(Layer):
                     t = _fold(t, (d, d + 1), fold)
             return t
 
-        summed = k.replace(
-            nngp=transform(k.nngp, 2),
-            ntk=transform(k.ntk, 2),
-            cov1=transform(k.cov1, 1),
-            cov2=transform(k.cov2, 1),
-        )
+        summed = map_covariances(k, transform)
         taps = math.prod(w.size for w in windows)
         return affine_kernel(
             summed,
@@ -297,24 +288,16 @@ class ConvTranspose(Layer):
         crops = [(w.size - 1 - w.lo, w.size - 1 - w.hi) for w, _, _ in geometry]
         folds = [f for _, _, f in geometry]
         fan_in = channels * math.prod(sizes)
-        ntk = self.parameterization == "ntk"
-        w_std = value_of(self.w_std)
-        b_std = None if self.b_std is None else value_of(self.b_std)
-        scale = w_std / math.sqrt(fan_in) if ntk else 1.0
-        b_scale = None if b_std is None else (b_std if ntk else 1.0)
+        scale, b_scale, w_draw, b_draw = init_scales(
+            self.w_std, self.b_std, fan_in, self.parameterization
+        )
         mod = ConvTransposeModule(
             channels, self.out_channels, sizes, strides, crops, folds, scale, b_scale
         )
-        w_draw = 1.0 if ntk else w_std / math.sqrt(fan_in)
         mod.weight.copy_(_init.normal(tuple(mod.weight.shape), generator, w_draw))
         if mod.bias is not None:
-            mod.bias.copy_(_init.normal((self.out_channels,), generator, 1.0 if ntk else b_std))
+            mod.bias.copy_(_init.normal((self.out_channels,), generator, b_draw))
         return mod
 
     def __repr__(self) -> str:
-        return (
-            f"ConvTranspose({self.out_channels}, {self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding!r}, w_std={value_of(self.w_std)}, "
-            f"b_std={None if self.b_std is None else value_of(self.b_std)}, "
-            f"parameterization={self.parameterization!r})"
-        )
+        return conv_repr(self)

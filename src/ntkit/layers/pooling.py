@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ntkit.kernel import Kernel
-from ntkit.layers._spatial import check_padding, window_sum
+from ntkit.layers._spatial import check_padding, map_covariances, window_sum
 from ntkit.layers.base import Layer, Shape, require_full_layout
 from ntkit.layers.conv import SpatialPad, WindowedLayer, flat_pads, spatial_input
 from ntkit.layers.masking import check_mask, current_mask
@@ -84,14 +84,12 @@ class _WindowPool(WindowedLayer):
         scale = 1.0 / math.prod(w.size for w in windows) ** 2 if self.average else 1.0
 
         def pool(t, batch_axes):
-            if t is None:
-                return None
             for i, w in enumerate(windows):
                 t = window_sum(t, batch_axes + 2 * i, w)
                 t = window_sum(t, batch_axes + 2 * i + 1, w)
             return t.mul_(scale) if scale != 1.0 else t
 
-        return _pooled(k, pool, (channels, *(w.out for w in windows)))
+        return map_covariances(k, pool, shape=(channels, *(w.out for w in windows)))
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
         _, lengths = spatial_input(repr(self), in_shape)
@@ -176,12 +174,10 @@ class _GlobalPool(Layer):
         scale = 1.0 / spatial**2 if self.average else 1.0
 
         def pool(t, batch_axes):
-            if t is None:
-                return None
             t = t.sum(dim=tuple(range(batch_axes, t.ndim)))
             return t.mul_(scale) if scale != 1.0 else t
 
-        return _pooled(k, pool, (k.shape[0],))
+        return map_covariances(k, pool, shape=(k.shape[0],))
 
     def build_module(self, in_shape: Shape, generator: torch.Generator) -> nn.Module:
         return GlobalPoolModule(self.average)
@@ -237,15 +233,4 @@ def _masked_global_pool(who: str, k: Kernel, average: bool) -> Kernel:
         cov1=own(k.cov1, w1),
         cov2=own(k.cov2, w2),
         shape=(k.shape[0],),
-    )
-
-
-def _pooled(k: Kernel, pool, shape) -> Kernel:
-    """``k`` pooled: ``pool(t, 2)`` on its kernels, ``pool(t, 1)`` on its variances."""
-    return k.replace(
-        nngp=pool(k.nngp, 2),
-        ntk=pool(k.ntk, 2),
-        cov1=pool(k.cov1, 1),
-        cov2=pool(k.cov2, 1),
-        shape=shape,
     )

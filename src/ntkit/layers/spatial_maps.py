@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ntkit.kernel import Kernel
+from ntkit.layers._spatial import map_covariances
 from ntkit.layers.base import Layer, LayerSpecError, Shape, require_full_layout
 from ntkit.layers.conv import spatial_input
 
@@ -90,8 +91,6 @@ def _map_kernel(k: Kernel, matrices, drop, out_shape) -> Kernel:
     diagonal = k.diagonal_spatial
 
     def apply(t, batch_axes):
-        if t is None:
-            return None
         for i, m in enumerate(matrices):
             if m is None:
                 continue
@@ -107,11 +106,9 @@ def _map_kernel(k: Kernel, matrices, drop, out_shape) -> Kernel:
                 t = t.squeeze(batch_axes + 2 * i + 1).squeeze(batch_axes + 2 * i)
         return t
 
-    return k.replace(
-        nngp=apply(k.nngp, 2),
-        ntk=apply(k.ntk, 2),
-        cov1=apply(k.cov1, 1),
-        cov2=apply(k.cov2, 1),
+    return map_covariances(
+        k,
+        apply,
         shape=out_shape,
         diagonal_spatial=diagonal and len(out_shape) > 1,
     )
