@@ -166,3 +166,14 @@ def test_kernel_valued_functions():
     only = kernel_matrix(fn, x, get="nngp", tile=4, progress=False)
     assert only.ntk is None
     _close(only.nngp, net.kernel(x).nngp)
+
+
+def test_input_scale_is_checked_on_the_whole_batch():
+    """As net.kernel: overflowing inputs are refused, and tiles do not re-judge slices."""
+    net = L.serial(L.Dense(4), L.ReLU(), L.Dense(1))
+    x = inputs(8, 3)
+    with pytest.raises(ValueError, match="overflow"):
+        kernel_matrix(net, x * 1e160, tile=4, progress=False)
+    # rows 0-3 alone are tiny (their squares subnormal), the batch as a whole is not
+    mixed = torch.cat([inputs(4, 3) * 1e-160, inputs(4, 3, seed=1)])
+    _close(kernel_matrix(net, mixed, tile=4, progress=False).ntk, net.kernel(mixed).ntk)

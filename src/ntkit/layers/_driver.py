@@ -50,7 +50,12 @@ def compute_kernel(
 
 
 def run_problem(
-    net, problem: KernelProblem, *, workers: int | None = None, into: dict | None = None
+    net,
+    problem: KernelProblem,
+    *,
+    workers: int | None = None,
+    into: dict | None = None,
+    scale_checked: bool = False,
 ) -> Kernel:
     """Compute a prepared problem in memory: plan, tiles (threads on CPU), sink.
 
@@ -60,10 +65,13 @@ def run_problem(
         workers: Tiles computed concurrently (default: one per torch thread on CPU).
         into: Write the result into these tensors (views of a larger result) instead of
             allocating it; see :class:`._sink.MemorySink`.
+        scale_checked: The inputs' scale was checked on the whole batches already (a tile
+            of a larger matrix: a slice alone could pass or fail differently).
     """
-    check_input_scale(problem.x1, "x1")
-    if not problem.symmetric:
-        check_input_scale(problem.x2, "x2")
+    if not scale_checked:
+        check_input_scale(problem.x1, "x1")
+        if not problem.symmetric:
+            check_input_scale(problem.x2, "x2")
     workers = default_workers(problem.device) if workers is None else int(workers)
     plan = plan_tiles(problem, workers=workers)
     sink = MemorySink(problem, into=into)

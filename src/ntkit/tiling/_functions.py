@@ -112,7 +112,7 @@ class LayerTiles:
             same_batch=None if diagonal else False,
             checked=rows.dtype == self.dtype,  # slices of inputs validated by the tiler
         )
-        k = run_problem(self.net, problem, into=into)
+        k = run_problem(self.net, problem, into=into, scale_checked=True)
         return None if into is not None else _kernel_outputs(k, self.names)
 
     def __repr__(self) -> str:

@@ -115,6 +115,11 @@ def _prepare_on_host(fn, x1, x2, *, get, dtype, max_memory) -> _Prepared:
                 "masks or adjacency would not reach the tiles); use net.kernel(...), which "
                 "tiles them in memory."
             )
+        from ntkit.layers._finite import check_input_scale
+
+        check_input_scale(problem.x1, "x1")  # once on the whole batches; tiles skip it
+        if not problem.symmetric:
+            check_input_scale(problem.x2, "x2")
         spec = _kernel_spec(problem.probe, names)
         tile_fn = LayerTiles(net, names, problem.dtype, None)
         x2_ = None if problem.symmetric else problem.x2
