@@ -116,7 +116,9 @@ def run(quick: bool = False, seed: int = 0) -> tuple[list[Section], dict[str, fl
             el_test[name].append(e_te)
             row.append(f"{e_tr:.4f} / {e_te:.4f}")
             if name in acc:
-                pred = kernel_regression(k_tt, y, k_te, ridge_relative=1e-6)
+                # LANTK-HR's regression estimate need not be PSD: project it explicitly
+                # (what kernel_regression did silently before issue 9)
+                pred = kernel_regression(k_tt, y, k_te, ridge_relative=1e-6, repair="project")
                 acc[name].append(float(((pred > 0).long() == lab_t).double().mean()))
         rows.append(row)
 
