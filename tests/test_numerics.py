@@ -60,7 +60,7 @@ def test_erf_large_variance_no_cancellation():
 @pytest.mark.parametrize(
     "x, dtype, match",
     [
-        (_x() * 1e-160, F64, r"x1 has entries as small as .* lose|loses precision"),
+        (_x() * 1e-160, F64, r"x1\[\d\] has entries of at most .* loses precision"),
         (_x() * 1e160, F64, r"x1 has entries up to .* overflow"),
         (_x().float() * 1e30, torch.float32, r"overflow torch.float32"),
     ],

@@ -12,6 +12,8 @@ Two cheap checks around the tiled computation:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ntkit.kernel import Kernel
@@ -28,27 +30,27 @@ def check_input_scale(x: torch.Tensor, name: str) -> None:
     """
     info = torch.finfo(x.dtype)
     flat = x.reshape(x.shape[0], -1)
-    big = float(flat.abs().max())
+    row_max = flat.abs().amax(dim=1)  # (n,)
+    big = float(row_max.max())
     if big == 0:
         return
     features = flat.shape[1]
-    # the largest squared entry and the smallest nonzero one bound every x.x / d
-    sq = big * big
-    nonzero = flat.abs()[flat != 0]
-    small = float(nonzero.min()) if nonzero.numel() else big
-    if sq > info.max / max(features, 1):
+    if big * big > info.max / max(features, 1):
         raise ValueError(
             f"{name} has entries up to {big:.3g}: their squares overflow {x.dtype} (largest "
             f"{info.max:.3g}), so the input covariance x . x / d is infinite. Rescale the "
             "inputs (kernels of positively homogeneous networks scale exactly), or use "
             "dtype=torch.float64."
         )
-    if small * small < info.tiny and big * big < info.tiny / info.eps:
+    # a sample whose largest entry squared is below tiny / eps has a subnormal variance
+    small = torch.where(row_max > 0, row_max, torch.full_like(row_max, math.inf))
+    i = int(small.argmin())
+    if float(small[i]) ** 2 < info.tiny / info.eps:
         raise ValueError(
-            f"{name} has entries as small as {small:.3g} and at most {big:.3g}: their "
-            f"squares fall below {info.tiny:.3g}, where {x.dtype} loses precision "
-            "(subnormal numbers), so the input covariance x . x / d would be inaccurate. "
-            "Rescale the inputs (kernels of positively homogeneous networks scale exactly)."
+            f"{name}[{i}] has entries of at most {float(small[i]):.3g}: their squares fall "
+            f"below {info.tiny / info.eps:.3g}, where {x.dtype} loses precision (subnormal "
+            "numbers), so its covariances x . x / d would be inaccurate. Rescale the inputs "
+            "(kernels of positively homogeneous networks scale exactly)."
         )
 
 

@@ -122,9 +122,12 @@ class Layer(ABC):
         *,
         get: str | tuple[str, ...] = ("nngp", "ntk"),
         dtype: torch.dtype | None = None,
-        max_memory: int | None = None,
+        max_memory: int | str | None = None,
     ) -> Kernel:
         """Infinite-width NNGP and NTK between two batches.
+
+        Differentiable: with ``x1``/``x2`` or tensor-valued layer parameters that require
+        grad, the result carries a ``grad_fn`` (first derivatives; see docs/numerics.md).
 
         Args:
             x1: Inputs, shape ``(n1, *in_shape)`` (tensor or numpy array).
@@ -133,17 +136,19 @@ class Layer(ABC):
             get: ``"nngp"``, ``"ntk"`` or both (the default). Computing the NTK needs the
                 NNGP, so ``"ntk"`` returns both; ``"nngp"`` skips the NTK (``ntk=None``).
             dtype: Arithmetic dtype; float64 by default (float32 on request).
-            max_memory: Budget in bytes for the result plus working memory; by default a
-                safe fraction of the memory available on the inputs' device.
+            max_memory: Budget for the result plus working memory, in bytes or a string
+                such as ``"2GiB"``; by default a safe fraction of the memory available on
+                the inputs' device.
 
         Returns:
             A :class:`ntkit.Kernel` on the inputs' device with ``nngp``/``ntk`` of shape
             ``(n1, n2)`` after a readout, or ``(n1, n2, *spatial pairs)`` otherwise.
 
         Raises:
-            ValueError: bad inputs (NaN/Inf, wrong rank, mismatched features, empty batch),
-                a network that cannot be evaluated, or a memory budget that cannot hold
-                a single pair of inputs.
+            ValueError: bad inputs (NaN/Inf, wrong rank, mismatched features, empty batch,
+                zero features, squares outside the floating-point range), a network that
+                cannot be evaluated, a memory budget that cannot hold a single pair of
+                inputs, or a result with NaN/Inf (naming the first layer where it appeared).
         """
         from ntkit.layers._driver import compute_kernel
 

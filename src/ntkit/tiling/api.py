@@ -19,7 +19,7 @@ import torch
 
 from ntkit._host import retained_heap
 from ntkit.kernel import Kernel
-from ntkit.settings import default_max_memory, format_bytes
+from ntkit.settings import format_bytes, resolve_max_memory
 from ntkit.tiling._execute import (
     check_picklable,
     compute_tile,
@@ -137,7 +137,7 @@ def _prepare_on_host(fn, x1, x2, *, get, dtype, max_memory) -> _Prepared:
     tile_fn, spec = make_tile_function(fn, x1, x2, get=get, dtype=dtype, budget=None)
     if dtype is not None and spec.dtype != dtype:
         spec = OutputSpec(**{**spec.__dict__, "dtype": dtype})
-    budget = default_max_memory(x1.device) if max_memory is None else int(max_memory)
+    budget = resolve_max_memory(max_memory, x1.device)
     return _Prepared(tile_fn, spec, x1, x2, x2 is not None, budget, ("function", fn))
 
 
