@@ -86,6 +86,7 @@ ACTIVATIONS = [
     ("ElementwiseTanh", lambda: L.Elementwise(torch.tanh), ()),
     ("ElementwiseGH", lambda: L.Elementwise(torch.tanh, degree=8), ()),
     ("ElementwiseSiLU", lambda: L.Elementwise(torch.nn.functional.silu), ()),
+    ("ElementwiseReLU6", lambda: L.Elementwise(torch.nn.functional.relu6), ()),
     (
         "ElementwiseClosedForm",
         lambda: L.Elementwise(

@@ -241,7 +241,7 @@ def direct_coefficients(f, sd, terms, breakpoints, tol, name):
         out.append((torch.stack(coef, -1), energy))
     (c8, e8), (c12, e12) = out
     scale = e12.clamp_min(1e-300).sqrt()
-    err = torch.maximum((c12 - c8).abs().amax(-1) / scale, (e12 - e8).abs() / scale**2)
+    err = torch.maximum((c12 - c8).abs().amax(-1) / scale, (e12 - e8).abs() / scale**2).detach()
     _check_finite(c12, e12, name)
     if float(err.max()) > tol:
         i = int(err.argmax())
