@@ -25,8 +25,8 @@ test: $(STAMP)
 	$(BIN)/mypy  # the public API and tests/typing/user_code.py, settings in pyproject.toml
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q  # 2 workers x 1 thread on 2 cores
 
-test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+test-slow: $(STAMP)  # about 14 minutes on 2 cores
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q -m slow
 
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -m gpu
