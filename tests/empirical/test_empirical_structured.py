@@ -264,7 +264,7 @@ class Centering(nn.Module):
 
 
 def test_batch_coupled_model_is_refused():
-    """Issue 9: a model coupling the samples of a batch has no per-sample NTK; refuse it."""
+    """A model coupling the samples of a batch has no per-sample NTK; refuse it."""
     model = Centering().double()
     x = torch.randn(4, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match="depends on the other samples in the batch"):
