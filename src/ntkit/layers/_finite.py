@@ -5,9 +5,9 @@ Two cheap checks around the tiled computation:
 - :func:`check_input_scale` before it: the input covariances ``x . x / d`` must be normal
   floating-point numbers (``x * 1e-160`` squares into the subnormal range, where float64
   keeps only a few digits; ``x * 1e160`` overflows);
-- :func:`check_finite_kernel` after it: one ``isfinite`` pass over the result; a non-finite
-  entry is traced back through the network, one pair, layer by layer, and the error names
-  the first layer where it appeared.
+- :func:`check_finite_kernel` after it: one sum over the result (an ``isfinite`` scan only
+  when that sum is not finite); a non-finite entry is traced back through the network, one
+  pair, layer by layer, and the error names the first layer where it appeared.
 """
 
 from __future__ import annotations
@@ -67,6 +67,10 @@ def check_finite_kernel(net, k: Kernel, x1: torch.Tensor, x2: torch.Tensor, layo
     for field in ("nngp", "ntk"):
         t = getattr(k, field)
         if t is None:
+            continue
+        # one reduction, no n1 x n2 temporary: a sum is finite when every entry is (NaN and
+        # Inf propagate); only a non-finite sum (or one that overflowed) needs the exact scan
+        if math.isfinite(float(t.sum())):
             continue
         finite = torch.isfinite(t)
         if bool(finite.all()):
