@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ntkit._validation import as_batch, check_finite
-from ntkit.empirical.cost import CostContext, choose, estimate
+from ntkit.empirical.cost import CostContext, choose, estimate_in
 from ntkit.empirical.functional import (
     FunctionalModel,
     active_dropout,
@@ -38,9 +38,7 @@ def _prepare(x, name: str, dtype: torch.dtype, device: torch.device) -> torch.Te
         if x.ndim < 1 or x.shape[0] == 0:
             raise ValueError(f"{name} must be a non-empty batch (n, ...); got {tuple(x.shape)}.")
         return x.to(device)
-    x = as_batch(x, name, dtype=dtype, device=device, min_rank=1)
-    check_finite(x, name)
-    return x
+    return as_batch(x, name, dtype=dtype, device=device, min_rank=1)  # also checks finiteness
 
 
 def _inputs(fm, x1, x2):
@@ -206,7 +204,7 @@ def _empirical_ntk(
     )
     impl = implementation
     if impl == "auto":
-        ests = estimate(prof, spec, n1, n2, sym, itemsize, budget, device.type, per_parameter)
+        ests = estimate_in(ctx)
         if not ests:  # the most frugal implementation's refusal, with its estimate
             REGISTRY["structured"].cost(ctx)
             raise ValueError(f"max_memory={format_bytes(budget)} cannot hold this kernel.")

@@ -280,9 +280,14 @@ def estimate(
         ``implementation -> CostEstimate`` (implementations that cannot fit are absent; the
         dict is empty when none fits).
     """
+    ctx = CostContext(prof, spec, n1, n2, sym, itemsize, budget, device_type, per_parameter)
+    return estimate_in(ctx)
+
+
+def estimate_in(ctx: CostContext) -> dict[str, CostEstimate]:
+    """:func:`estimate` for an already built :class:`CostContext`."""
     from ntkit.empirical.implementations import REGISTRY
 
-    ctx = CostContext(prof, spec, n1, n2, sym, itemsize, budget, device_type, per_parameter)
     out: dict[str, CostEstimate] = {}
     for name, impl in REGISTRY.items():
         if not impl.exact:
