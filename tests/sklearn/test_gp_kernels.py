@@ -288,8 +288,10 @@ def test_gradient_strategy_guards(monkeypatch):
     x = _data(6, 3, seed=8)
     ref = relu_mlp_log_gradient(x, 1, 1.3, 0.4, kind="ntk")
     k = NTKKernel(depth=1, w_std=1.3, b_std=0.4)
-    # a forward-mode pass that drops part of the tangent is caught by the probe: "auto"
-    # falls back to differences, "autograd" refuses
+    # the general path (the one-pass path of this fully connected spec switched off): a
+    # forward-mode pass that drops part of the tangent is caught by the probe: "auto" falls
+    # back to differences, "autograd" refuses
+    monkeypatch.setattr(gp_kernels._NetworkKernel, "_fused", lambda self, xx, names: None)
     monkeypatch.setattr(
         gp_kernels._NetworkKernel,
         "_forward_ad",
@@ -323,6 +325,7 @@ def test_forward_mode_pass_supplies_kernel_and_gradient(monkeypatch):
         return k, g[..., ["w_std", "b_std"].index(name)]
 
     monkeypatch.setattr(gp_kernels._NetworkKernel, "_forward_ad", fake)
+    monkeypatch.setattr(gp_kernels._NetworkKernel, "_fused", lambda self, xx, names: None)
     kk, grad = NTKKernel(depth=1, w_std=1.3, b_std=0.4, gradient="autograd")(x, eval_gradient=True)
     np.testing.assert_allclose(kk, ref_k, rtol=1e-12)
     np.testing.assert_allclose(grad, ref_g, rtol=1e-12)

@@ -180,6 +180,12 @@ class _NetworkKernel(Kernel):
         return self._kernel(net, x, y)
 
     def _kernel(self, net, x, y) -> np.ndarray:
+        if y is None:  # fully connected ReLU-family specs: the same numbers, in place
+            from ntkit.sklearn._tangents import kernel_and_tangents
+
+            fused = kernel_and_tangents(net, [], x, kind=self.kind, max_memory=self.max_memory)
+            if fused is not None:
+                return fused[0].numpy()
         return kernel_block(
             net, x, y, kind=self.kind, max_memory=self.max_memory, progress=self.progress
         ).numpy()
@@ -213,6 +219,9 @@ class _NetworkKernel(Kernel):
         if not names:
             return None, np.empty((n, n, 0))
         if self.gradient != "finite_difference":
+            fused = self._fused(x, names)
+            if fused is not None:
+                return fused
             try:
                 for name in names:  # cheap probe on two samples before the full pass
                     self._check_forward_ad(x[:2], name)
@@ -222,6 +231,45 @@ class _NetworkKernel(Kernel):
                 if self.gradient == "autograd":
                     raise NotImplementedError(str(err)) from err
         return None, np.stack([self._finite_difference(x, name) for name in names], axis=-1)
+
+    def _fused(self, x: torch.Tensor, names: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(K, dK/dlog(theta))`` in one in-place pass for fully connected ReLU-family specs.
+
+        ``None`` when the spec has other layers (see :mod:`ntkit.sklearn._tangents`), or when
+        the derivatives disagree with central differences on a two-sample probe (a factory
+        that drops a hyperparameter's tangent on its way into the layers).
+        """
+        import torch.autograd.forward_ad as fwad
+
+        from ntkit.sklearn._tangents import kernel_and_tangents
+
+        values = self._values()
+        with fwad.dual_level():
+            nets = []
+            for name in names:
+                v = float(values[name])
+                dual = fwad.make_dual(
+                    torch.tensor(v, dtype=torch.float64), torch.tensor(v, dtype=torch.float64)
+                )
+                nets.append(self._net({**values, name: dual}))
+
+            def run(xs):
+                return kernel_and_tangents(
+                    self._net(), nets, xs, kind=self.kind, max_memory=self.max_memory
+                )
+
+            probe = run(x[:2])
+            if probe is None:
+                return None
+            for i, name in enumerate(names):
+                fd = self._finite_difference(x[:2], name)
+                ad = probe[1][..., i].numpy()
+                if not np.allclose(ad, fd, rtol=1e-5, atol=1e-7 * float(np.abs(fd).max())):
+                    return None
+            result = run(x)
+        if result is None:
+            return None
+        return result[0].numpy(), result[1].numpy()
 
     def _forward_ad(self, x: torch.Tensor, name: str) -> tuple[np.ndarray, np.ndarray]:
         """``(K, dK/dlog(theta))`` by forward-mode automatic differentiation (one pass)."""
