@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.autograd.forward_ad as fwad
@@ -109,7 +110,7 @@ def plan(net: Layer, tangent_nets: list[Layer], in_features: int) -> list | None
     for j, layer in enumerate(first):
         if not _supported(layer) or any(type(s[j]) is not type(layer) for s in stacks):
             return None
-        column = [s[j] for s in stacks]
+        column: list[Any] = [s[j] for s in stacks]
         if isinstance(layer, Dense):
             w = [_split(c.w_std) for c in column]
             b = [(0.0, 0.0) if c.b_std is None else _split(c.b_std) for c in column]
