@@ -60,3 +60,22 @@ def test_forward_mode_matches_central_differences(name, build, value, symmetric)
     for ad, fd in zip(_jvp(build, value, x1, x2), _central(build, value, x1, x2)):
         assert torch.isfinite(ad).all()
         torch.testing.assert_close(ad, fd, rtol=1e-6, atol=1e-7 * float(fd.abs().max()))
+
+
+def test_forward_mode_with_tiles_in_worker_threads():
+    # several tiles and two torch threads: the driver computes dual tiles in turn (writing
+    # them from two threads into one result would race on the result's tangent)
+    build = CASES[0][1]
+    g = torch.Generator().manual_seed(1)
+    x1 = torch.randn(1000, 5, generator=g, dtype=F64)  # three 512-row tiles
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with fwad.dual_level():
+            p = fwad.make_dual(torch.tensor(1.3, dtype=F64), torch.tensor(1.0, dtype=F64))
+            k = build(p).kernel(x1)
+            ad = fwad.unpack_dual(k.ntk).tangent.clone()
+    finally:
+        torch.set_num_threads(threads)
+    fd = _central(build, 1.3, x1, None)[1]
+    torch.testing.assert_close(ad, fd, rtol=0, atol=1e-8 * float(fd.abs().max()))

@@ -23,6 +23,7 @@ from ntkit._host import retained_heap, run_parallel
 from ntkit.kernel import Kernel
 from ntkit.layers._autograd import differentiable_kernel, needs_grad
 from ntkit.layers._finite import check_finite_kernel, check_input_scale
+from ntkit.layers._params import is_dual, layer_hyperparameters
 from ntkit.layers._planner import KernelProblem, parse_get, plan_tiles, prepare, tile_ranges
 from ntkit.layers._sink import MemorySink
 from ntkit.layers._tile import kernel_tile
@@ -46,7 +47,12 @@ def compute_kernel(
             compute_kernel, net, x1, x2, get=get, dtype=dtype, max_memory=max_memory
         )
     problem = prepare(net, x1, x2, get=get, dtype=dtype, max_memory=max_memory)
-    return run_problem(net, problem)
+    # forward-mode AD: tiles written into one result from several threads would race on the
+    # result's tangent (torch sets a dual's tangent on first write), so they run in turn
+    dual = bool(layer_hyperparameters(net, dual=True)) or any(
+        isinstance(x, torch.Tensor) and is_dual(x) for x in (x1, x2)
+    )
+    return run_problem(net, problem, workers=1 if dual else None)
 
 
 def run_problem(

@@ -109,24 +109,25 @@ def tracks_grad(*values) -> bool:
     ``torch.autograd.forward_ad``: its tangent must reach the kernel, so the layers take
     their out-of-place path whose custom functions define ``jvp``).
     """
-    if any(isinstance(v, torch.Tensor) and _is_dual(v) for v in values):
+    if any(isinstance(v, torch.Tensor) and is_dual(v) for v in values):
         return True
     if not torch.is_grad_enabled():
         return False
     return any(isinstance(v, torch.Tensor) and v.requires_grad for v in values)
 
 
-def _is_dual(v: torch.Tensor) -> bool:
+def is_dual(v: torch.Tensor) -> bool:
     """Whether ``v`` carries a forward-mode tangent."""
     import torch.autograd.forward_ad as fwad
 
     return fwad.unpack_dual(v).tangent is not None
 
 
-def layer_hyperparameters(net) -> list[torch.Tensor]:
+def layer_hyperparameters(net, *, dual: bool = False) -> list[torch.Tensor]:
     """Tensor parameters that require grad, anywhere in a layer description (deduplicated).
 
     Walks the attributes of every layer (and of nested layers, lists and tuples of them).
+    With ``dual``: the parameters that carry a forward-mode tangent instead.
     """
     from ntkit.layers.base import Layer
 
@@ -135,7 +136,7 @@ def layer_hyperparameters(net) -> list[torch.Tensor]:
 
     def visit(obj):
         if isinstance(obj, torch.Tensor):
-            if obj.requires_grad:
+            if (is_dual(obj) if dual else obj.requires_grad):
                 found.setdefault(id(obj), obj)
         elif isinstance(obj, (list, tuple)):
             for item in obj:
