@@ -136,7 +136,7 @@ def layer_hyperparameters(net, *, dual: bool = False) -> list[torch.Tensor]:
 
     def visit(obj):
         if isinstance(obj, torch.Tensor):
-            if (is_dual(obj) if dual else obj.requires_grad):
+            if is_dual(obj) if dual else obj.requires_grad:
                 found.setdefault(id(obj), obj)
         elif isinstance(obj, (list, tuple)):
             for item in obj:
