@@ -39,6 +39,7 @@ from ntkit.layers import ABReLU, Dense, Flatten, Identity, Serial
 from ntkit.layers.activations import Activation
 from ntkit.layers.base import Layer
 from ntkit.settings import resolve_max_memory
+from ntkit.tiling._progress import tile_progress
 
 __all__ = ["kernel_and_tangents"]
 
@@ -227,7 +228,13 @@ def _arc(step: _ArcStep, q, qd, t, td, v1, vd1, v2, vd2):
 
 
 def kernel_and_tangents(
-    net: Layer, tangent_nets: list[Layer], x: torch.Tensor, *, kind: str, max_memory=None
+    net: Layer,
+    tangent_nets: list[Layer],
+    x: torch.Tensor,
+    *,
+    kind: str,
+    max_memory=None,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``K(x, x)`` and ``dK/dlog(theta_i)`` of a fully connected spec, or ``None``.
 
@@ -239,6 +246,7 @@ def kernel_and_tangents(
         x: ``(n, d)`` float64 inputs.
         kind: ``"ntk"`` or ``"nngp"``.
         max_memory: Budget in bytes for the working tiles (``None``: the default budget).
+        progress: Show a rich progress bar over the row blocks.
 
     Returns:
         ``(K (n, n), dK (n, n, p))`` float64, exactly symmetric; ``None`` when the spec has
@@ -271,12 +279,15 @@ def kernel_and_tangents(
     rows = min(n, max(1, TILE_ENTRIES * torch.get_num_threads() // n), budget // row_bytes)
     out = torch.empty((n, n), dtype=x.dtype, device=x.device)
     grad = torch.empty((p, n, n), dtype=x.dtype, device=x.device)
-    for a0 in range(0, n, rows):
-        a1 = min(n, a0 + rows)
-        k_tile, g_tile = _tile(steps, x, a0, a1, states, want_ntk, p)
-        _store(out, k_tile, a0, a1)
-        for i in range(p):
-            _store(grad[i], g_tile[i], a0, a1)
+    starts = range(0, n, rows)
+    with tile_progress(len(starts), enabled=progress, description="kernel rows") as bar:
+        for a0 in starts:
+            a1 = min(n, a0 + rows)
+            k_tile, g_tile = _tile(steps, x, a0, a1, states, want_ntk, p)
+            _store(out, k_tile, a0, a1)
+            for i in range(p):
+                _store(grad[i], g_tile[i], a0, a1)
+            bar.advance()
     if not (bool(torch.isfinite(out.sum())) and bool(torch.isfinite(grad.sum()))):
         return None
     return out, grad.permute(1, 2, 0)

@@ -17,7 +17,7 @@ from sklearn.gaussian_process.kernels import Hyperparameter, Kernel
 from sklearn.utils import check_array
 
 from ntkit.layers.base import Layer
-from ntkit.sklearn._compute import kernel_block, kernel_diagonal
+from ntkit.sklearn._compute import PROGRESS_ENTRIES, kernel_block, kernel_diagonal
 from ntkit.sklearn._specs import (
     MLP_DEFAULTS,
     build_spec,
@@ -183,7 +183,9 @@ class _NetworkKernel(Kernel):
         if y is None:  # fully connected ReLU-family specs: the same numbers, in place
             from ntkit.sklearn._tangents import kernel_and_tangents
 
-            fused = kernel_and_tangents(net, [], x, kind=self.kind, max_memory=self.max_memory)
+            fused = kernel_and_tangents(
+                net, [], x, kind=self.kind, max_memory=self.max_memory, progress=self._bar(x)
+            )
             if fused is not None:
                 return fused[0].numpy()
         return kernel_block(
@@ -232,6 +234,12 @@ class _NetworkKernel(Kernel):
                     raise NotImplementedError(str(err)) from err
         return None, np.stack([self._finite_difference(x, name) for name in names], axis=-1)
 
+    def _bar(self, x: torch.Tensor) -> bool:
+        """Whether a kernel of ``x`` with itself shows a progress bar (as ``kernel_block``)."""
+        if self.progress is None:
+            return x.shape[0] ** 2 >= PROGRESS_ENTRIES
+        return bool(self.progress) and x.shape[0] > 2  # never for the two-sample probes
+
     def _fused(self, x: torch.Tensor, names: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
         """``(K, dK/dlog(theta))`` in one in-place pass for fully connected ReLU-family specs.
 
@@ -253,9 +261,14 @@ class _NetworkKernel(Kernel):
                 )
                 nets.append(self._net({**values, name: dual}))
 
-            def run(xs):
+            def run(xs, progress=False):
                 return kernel_and_tangents(
-                    self._net(), nets, xs, kind=self.kind, max_memory=self.max_memory
+                    self._net(),
+                    nets,
+                    xs,
+                    kind=self.kind,
+                    max_memory=self.max_memory,
+                    progress=progress,
                 )
 
             probe = run(x[:2])
@@ -266,7 +279,7 @@ class _NetworkKernel(Kernel):
                 ad = probe[1][..., i].numpy()
                 if not np.allclose(ad, fd, rtol=1e-5, atol=1e-7 * float(np.abs(fd).max())):
                     return None
-            result = run(x)
+            result = run(x, self._bar(x))
         if result is None:
             return None
         return result[0].numpy(), result[1].numpy()
@@ -333,7 +346,7 @@ class _NetworkKernel(Kernel):
             net = self._net({**self._values(), name: value * math.exp(sign * FD_STEP)})
             out.append(
                 kernel_block(
-                    net, x, None, kind=self.kind, max_memory=self.max_memory, progress=self.progress
+                    net, x, None, kind=self.kind, max_memory=self.max_memory, progress=self._bar(x)
                 )
             )
         return ((out[0] - out[1]) / (2.0 * FD_STEP)).numpy()
