@@ -86,20 +86,26 @@ def test_one_pass_matches_layers_autograd_and_differences(
     assert fused is not None
     kk, grad = fused
     ref = _generic(k, x, kind)
-    np.testing.assert_allclose(kk, ref, rtol=1e-14, atol=1e-15 * np.abs(ref).max())
+    # pairs at |rho| = 1 sit on the arc-cosine kernel's square-root kink, where the last-bit
+    # difference of two matrix products (other tile shapes, other BLAS threads) becomes ~1e-8
+    smooth = np.ones_like(ref, dtype=bool)
+    for i1, i2 in ((3, 7), (4, 9)):
+        smooth[i1, i2] = smooth[i2, i1] = False
+    np.testing.assert_allclose(kk[smooth], ref[smooth], rtol=1e-14, atol=1e-15 * np.abs(ref).max())
+    np.testing.assert_allclose(kk, ref, rtol=1e-7)
     assert np.array_equal(kk, kk.T) and np.array_equal(grad, grad.transpose(1, 0, 2))
     # the kernel alone takes the same pass (and gives the same numbers)
     np.testing.assert_array_equal(k(x), kk)
     for i, name in enumerate(names):
         ad = k._forward_ad(xt, name)[1]  # torch forward mode through the layers
-        np.testing.assert_allclose(grad[..., i], ad, rtol=0, atol=1e-12 * np.abs(ad).max())
+        np.testing.assert_allclose(
+            grad[..., i][smooth], ad[smooth], rtol=0, atol=1e-12 * np.abs(ad).max()
+        )
+        np.testing.assert_allclose(grad[..., i], ad, rtol=0, atol=1e-7 * np.abs(ad).max())
         # differences of a kernel with a square-root kink at |rho| = 1 are noise on the pairs
         # that sit there (without biases they stay there); those are checked against autograd
         # above and against homogeneity in test_gp_kernels
         fd = _central(k, x, name, kind)
-        smooth = np.ones_like(fd, dtype=bool)
-        for i1, i2 in ((3, 7), (4, 9)):
-            smooth[i1, i2] = smooth[i2, i1] = False
         np.testing.assert_allclose(
             grad[..., i][smooth], fd[smooth], rtol=0, atol=1e-8 * np.abs(fd).max()
         )
