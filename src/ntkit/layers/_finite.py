@@ -29,7 +29,7 @@ def check_input_scale(x: torch.Tensor, name: str) -> None:
         name: ``"x1"`` or ``"x2"``.
     """
     info = torch.finfo(x.dtype)
-    flat = x.reshape(x.shape[0], -1)
+    flat = x.detach().reshape(x.shape[0], -1)
     row_max = flat.abs().amax(dim=1)  # (n,)
     big = float(row_max.max())
     if big == 0:
