@@ -28,6 +28,7 @@ from ntkit.layers._planner import KernelProblem, parse_get, plan_tiles, prepare,
 from ntkit.layers._sink import MemorySink
 from ntkit.layers._tile import kernel_tile
 from ntkit.settings import parallel_tiles_enabled
+from ntkit.tiling._progress import tile_progress
 
 _parse_get = parse_get  # used by ntkit.empirical
 
@@ -40,6 +41,7 @@ def compute_kernel(
     get=("nngp", "ntk"),
     dtype: torch.dtype | None = None,
     max_memory: int | None = None,
+    progress: bool | None = None,
 ) -> Kernel:
     """Evaluate ``net``'s infinite-width kernel between ``x1`` and ``x2``; see ``Layer.kernel``."""
     if needs_grad(net, x1, x2):  # autograd: tiled forward, tile-wise recomputing backward
@@ -52,7 +54,7 @@ def compute_kernel(
     dual = bool(layer_hyperparameters(net, dual=True)) or any(
         isinstance(x, torch.Tensor) and is_dual(x) for x in (x1, x2)
     )
-    return run_problem(net, problem, workers=1 if dual else None)
+    return run_problem(net, problem, workers=1 if dual else None, progress=progress)
 
 
 def run_problem(
@@ -62,6 +64,7 @@ def run_problem(
     workers: int | None = None,
     into: dict | None = None,
     scale_checked: bool = False,
+    progress: bool | None = False,
 ) -> Kernel:
     """Compute a prepared problem in memory: plan, tiles (threads on CPU), sink.
 
@@ -73,6 +76,9 @@ def run_problem(
             allocating it; see :class:`._sink.MemorySink`.
         scale_checked: The inputs' scale was checked on the whole batches already (a tile
             of a larger matrix: a slice alone could pass or fail differently).
+        progress: A rich bar over the tiles: ``True``, ``False`` (default here: callers
+            that tile a larger matrix show their own), or ``None``: only once the
+            computation has run a few seconds.
     """
     if not scale_checked:
         check_input_scale(problem.x1, "x1")
@@ -95,14 +101,22 @@ def run_problem(
         )
         sink.write(a0, a1, j0, j1, block)
 
-    tiles = tile_ranges(problem.n1, problem.n2, plan, problem.symmetric)
+    tiles = list(tile_ranges(problem.n1, problem.n2, plan, problem.symmetric))
     workers = min(plan.workers, plan.n_tiles)
-    with retained_heap(problem.device.type == "cpu"):
+    with (
+        retained_heap(problem.device.type == "cpu"),
+        tile_progress(len(tiles), enabled=progress) as bar,
+    ):
+
+        def tile_and_count(*t):
+            tile(*t)
+            bar.advance()
+
         if workers <= 1:
             for t in tiles:
-                tile(*t)
+                tile_and_count(*t)
         else:
-            run_parallel(tile, tiles, workers)
+            run_parallel(tile_and_count, tiles, workers)
     result = sink.result()
     check_finite_kernel(net, result, problem.x1, problem.x2, problem.layout)
     return result

@@ -123,6 +123,7 @@ class Layer(ABC):
         get: str | tuple[str, ...] = ("nngp", "ntk"),
         dtype: torch.dtype | None = None,
         max_memory: int | str | None = None,
+        progress: bool | None = None,
     ) -> Kernel:
         """Infinite-width NNGP and NTK between two batches.
 
@@ -139,6 +140,9 @@ class Layer(ABC):
             max_memory: Budget for the result plus working memory, in bytes or a string
                 such as ``"2GiB"``; by default a safe fraction of the memory available on
                 the inputs' device.
+            progress: A rich progress bar over the kernel's tiles (tiles/s, ETA). ``None``
+                (default): shown only once the computation has run 3 seconds; ``True``:
+                from the start; ``False``: never.
 
         Returns:
             A :class:`ntkit.Kernel` on the inputs' device with ``nngp``/``ntk`` of shape
@@ -152,7 +156,9 @@ class Layer(ABC):
         """
         from ntkit.layers._driver import compute_kernel
 
-        return compute_kernel(self, x1, x2, get=get, dtype=dtype, max_memory=max_memory)
+        return compute_kernel(
+            self, x1, x2, get=get, dtype=dtype, max_memory=max_memory, progress=progress
+        )
 
     def module(
         self,
