@@ -22,11 +22,12 @@ def _data(n, d, seed=0):
     return np.random.default_rng(seed).normal(size=(n, d))
 
 
-def _generic(k, x, kind):
+def _generic(k, x, kind, z=None):
     """The layers' own tiled kernel of the spec the GP kernel stands for."""
     net = k._net()
     get = ("nngp", "ntk") if kind == "ntk" else "nngp"
-    return getattr(net.kernel(torch.from_numpy(x), get=get, dtype=torch.float64), kind).numpy()
+    z = None if z is None else torch.from_numpy(z)
+    return getattr(net.kernel(torch.from_numpy(x), z, get=get, dtype=torch.float64), kind).numpy()
 
 
 def _central(k, x, name, kind, h=1e-5):
@@ -94,8 +95,12 @@ def test_one_pass_matches_layers_autograd_and_differences(
     np.testing.assert_allclose(kk[smooth], ref[smooth], rtol=1e-14, atol=1e-15 * np.abs(ref).max())
     np.testing.assert_allclose(kk, ref, rtol=1e-7)
     assert np.array_equal(kk, kk.T) and np.array_equal(grad, grad.transpose(1, 0, 2))
-    # the kernel alone takes the same pass (and gives the same numbers)
+    # the kernel alone takes the same pass (and gives the same numbers); cross kernels too
     np.testing.assert_array_equal(k(x), kk)
+    z = _data(7, 5, seed=9)
+    ref_xz = _generic(k, x, kind, z)
+    np.testing.assert_allclose(k(x, z), ref_xz, rtol=1e-14, atol=1e-15 * np.abs(ref_xz).max())
+    np.testing.assert_allclose(k(z, x), ref_xz.T, rtol=1e-14, atol=1e-15 * np.abs(ref_xz).max())
     for i, name in enumerate(names):
         ad = k._forward_ad(xt, name)[1]  # torch forward mode through the layers
         np.testing.assert_allclose(
@@ -130,15 +135,17 @@ def test_gp_kernel_uses_one_pass_and_both_parameters_at_once(monkeypatch):
     calls = []
     real = _tangents.kernel_and_tangents
 
-    def spy(net, tangent_nets, x, **kw):
+    def spy(net, tangent_nets, x, y=None, **kw):
         calls.append((x.shape[0], len(tangent_nets)))
-        return real(net, tangent_nets, x, **kw)
+        return real(net, tangent_nets, x, y, **kw)
 
     monkeypatch.setattr(_tangents, "kernel_and_tangents", spy)
     x = _data(30, 4, seed=2)
     kk, grad = NTKKernel(depth=2, w_std=1.5, b_std=0.2)(x, eval_gradient=True)
     assert grad.shape == (30, 30, 2)
-    assert calls == [(2, 2), (30, 2)]  # a two-sample probe, then one pass for both
+    # a two-sample probe, then one pass for both (the probe's differences: 4 kernels alone)
+    assert [c for c in calls if c[1]] == [(2, 2), (30, 2)]
+    assert calls.count((2, 0)) == 4
 
 
 def test_other_layers_fall_back_to_forward_mode(monkeypatch):
@@ -184,6 +191,15 @@ def test_zero_variance_inputs_and_spatial_inputs_take_the_general_path():
     kk, grad = k(x, eval_gradient=True)
     np.testing.assert_allclose(grad[..., 0], 6 * kk, rtol=1e-12, atol=0)  # homogeneity
     assert _tangents.kernel_and_tangents(mlp(), [], torch.ones(3, 1, 2, 2), kind="ntk") is None
+    # a zero-variance row among the columns of a cross kernel: the general path too
+    z = _data(4, 4, seed=6)
+    assert (
+        _tangents.kernel_and_tangents(
+            k._net(), [], torch.from_numpy(z), k._batch(x, "X"), kind="ntk"
+        )
+        is None
+    )
+    np.testing.assert_allclose(k(z, x), _generic(k, z, "ntk", x), rtol=1e-14)
 
 
 def test_extreme_scales_take_the_general_path():

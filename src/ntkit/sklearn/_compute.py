@@ -32,8 +32,10 @@ def kernel_block(
 ) -> torch.Tensor:
     """``kind`` kernel of ``net`` between two batches, ``(n1, n2)`` float64.
 
-    Computed by :func:`ntkit.tiling.kernel_matrix` (planned tiles inside ``max_memory``;
-    ``x2=None`` computes the tiles on and above the diagonal once and is exactly symmetric).
+    Fully connected ReLU-family specs on flat inputs take the one in-place pass of
+    :mod:`ntkit.sklearn._tangents` (the same numbers as the layers' path); every other spec
+    is computed by :func:`ntkit.tiling.kernel_matrix` (planned tiles inside ``max_memory``).
+    ``x2=None`` computes the part on and above the diagonal once and is exactly symmetric.
 
     Args:
         net: The network description (ending in a readout).
@@ -47,12 +49,18 @@ def kernel_block(
     Returns:
         The ``(n1, n2)`` float64 kernel.
     """
+    from ntkit.sklearn._tangents import kernel_and_tangents
     from ntkit.tiling import kernel_matrix
 
     get = ("nngp", "ntk") if kind == "ntk" else "nngp"
     n2 = x1.shape[0] if x2 is None else x2.shape[0]
     if progress is None:
         progress = x1.shape[0] * n2 >= PROGRESS_ENTRIES
+    fused = kernel_and_tangents(
+        net, [], x1, x2, kind=kind, max_memory=max_memory, progress=bool(progress)
+    )
+    if fused is not None:
+        return fused[0]
     k = kernel_matrix(
         net,
         x1,

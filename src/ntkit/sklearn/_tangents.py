@@ -231,12 +231,13 @@ def kernel_and_tangents(
     net: Layer,
     tangent_nets: list[Layer],
     x: torch.Tensor,
+    y: torch.Tensor | None = None,
     *,
     kind: str,
     max_memory=None,
     progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``K(x, x)`` and ``dK/dlog(theta_i)`` of a fully connected spec, or ``None``.
+    """``K(x, y)`` and ``dK/dlog(theta_i)`` of a fully connected spec, or ``None``.
 
     Args:
         net: The spec.
@@ -244,86 +245,115 @@ def kernel_and_tangents(
             as a forward-mode dual of tangent ``theta_i`` (none: the kernel alone).
             Call inside the ``forward_ad.dual_level`` the duals were made in.
         x: ``(n, d)`` float64 inputs.
+        y: ``(m, d)`` float64 inputs, or ``None`` for ``y = x`` (computed from the upper
+            triangle, exactly symmetric, same-sample pairs at angle exactly 0).
         kind: ``"ntk"`` or ``"nngp"``.
-        max_memory: Budget in bytes for the working tiles (``None``: the default budget).
+        max_memory: Budget in bytes for the result and working tiles (``None``: default).
         progress: Show a rich progress bar over the row blocks.
 
     Returns:
-        ``(K (n, n), dK (n, n, p))`` float64, exactly symmetric; ``None`` when the spec has
-        a layer this pass does not cover, a zero-variance input reaches an activation, or a
+        ``(K (n, m), dK (n, m, p))`` float64; ``None`` when the spec has a layer this pass
+        does not cover, a zero-variance input reaches an activation, variances leave the
+        range the layers handle without rescaling, the budget cannot hold the result, or a
         result is not finite (the caller's general path then decides, and raises if needed).
     """
-    if x.ndim != 2:
+    if x.ndim != 2 or (y is not None and (y.ndim != 2 or y.shape[1] != x.shape[1])):
         return None
     steps = plan(net, tangent_nets, x.shape[1])
     if steps is None:
         return None
-    n, p = x.shape[0], len(tangent_nets)
+    p = len(tangent_nets)
+    states_x = _checked_states(steps, x, p)
+    states_y = states_x if y is None else _checked_states(steps, y, p)
+    if states_x is None or states_y is None:
+        return None
+    n, m = x.shape[0], (x if y is None else y).shape[0]
     want_ntk = kind == "ntk"
-    v = (x * x).sum(dim=1) / x.shape[1]
-    states = _diagonal_states(steps, v, p)
-    for step, (vs, _) in zip(steps, states):
-        if isinstance(step, _ArcStep) and not bool((vs > 0).all()):
-            return None
-    info = torch.finfo(x.dtype)
-    for vs, vds in states:  # squares of variances in range, as the layers' fast path needs
-        if not (bool(torch.isfinite(vs).all()) and bool(torch.isfinite(vds).all())):
-            return None
-        lo, hi = float(vs.min()), float(vs.max())
-        if (lo > 0 and lo * lo < info.tiny * 2**60) or hi * hi > info.max / 2**60:
-            return None
-    row_bytes = 8 * n * (10 + (4 if want_ntk else 2) * max(p, 1))  # a tile row's arrays
-    budget = resolve_max_memory(max_memory, x.device) - 8 * n * n * (p + 1)
+    row_bytes = 8 * m * (10 + (4 if want_ntk else 2) * max(p, 1))  # a tile row's arrays
+    budget = resolve_max_memory(max_memory, x.device) - 8 * n * m * (p + 1)
     if budget < row_bytes:
         return None  # the general path plans within the budget, or says why it cannot
-    rows = min(n, max(1, TILE_ENTRIES * torch.get_num_threads() // n), budget // row_bytes)
-    out = torch.empty((n, n), dtype=x.dtype, device=x.device)
-    grad = torch.empty((p, n, n), dtype=x.dtype, device=x.device)
+    rows = min(n, max(1, TILE_ENTRIES * torch.get_num_threads() // m), budget // row_bytes)
+    out = torch.empty((n, m), dtype=x.dtype, device=x.device)
+    grad = torch.empty((p, n, m), dtype=x.dtype, device=x.device)
     starts = range(0, n, rows)
-    with tile_progress(len(starts), enabled=progress, description="kernel rows") as bar:
+    with tile_progress(len(starts), enabled=progress, description="kernel tiles") as bar:
         for a0 in starts:
             a1 = min(n, a0 + rows)
-            k_tile, g_tile = _tile(steps, x, a0, a1, states, want_ntk, p)
-            _store(out, k_tile, a0, a1)
-            for i in range(p):
-                _store(grad[i], g_tile[i], a0, a1)
+            c0 = a0 if y is None else 0  # symmetric: the upper part, mirrored below
+            q = _input_block(x, y, a0, a1, states_x[0][0] if steps else None)
+            rows_states = [(v[a0:a1, None], vd[:, a0:a1, None]) for v, vd in states_x]
+            cols_states = [(v[None, c0:], vd[:, None, c0:]) for v, vd in states_y]
+            k_tile, g_tile = _tile(steps, q, rows_states, cols_states, want_ntk, p)
+            for dst, block in ((out, k_tile), *zip(grad, g_tile)):
+                if y is None:
+                    _store_symmetric(dst, block, a0, a1)
+                else:
+                    dst[a0:a1] = block
             bar.advance()
     if not (bool(torch.isfinite(out.sum())) and bool(torch.isfinite(grad.sum()))):
         return None
     return out, grad.permute(1, 2, 0)
 
 
-def _tile(steps, x, a0: int, a1: int, states, want_ntk: bool, p: int):
-    """Rows ``a0:a1`` against columns ``a0:n`` (the upper part of the symmetric kernel)."""
+def _checked_states(steps, x: torch.Tensor, p: int):
+    """:func:`_diagonal_states` of ``x``, or ``None`` where this pass must not go.
+
+    Refused: a zero variance entering an activation (the layers give it a fixed angle), a
+    non-finite variance, or squares of variances near the floating-point range (the layers
+    rescale those pairs).
+    """
+    states = _diagonal_states(steps, (x * x).sum(dim=1) / x.shape[1], p)
+    info = torch.finfo(x.dtype)
+    for step, (v, vd) in zip(steps, states):
+        if not (bool(torch.isfinite(v).all()) and bool(torch.isfinite(vd).all())):
+            return None
+        if isinstance(step, _ArcStep) and not bool((v > 0).all()):
+            return None
+        lo, hi = float(v.min()), float(v.max())
+        if (lo > 0 and lo * lo < info.tiny * 2**60) or hi * hi > info.max / 2**60:
+            return None
+    return states
+
+
+def _input_block(x, y, a0: int, a1: int, v_in) -> torch.Tensor:
+    """Input covariances of rows ``a0:a1`` with ``y`` (or with ``x[a0:]`` when symmetric).
+
+    Symmetric: the same-batch square is made exactly symmetric with the exact variances on
+    its diagonal (``x_i . x_i`` and ``|x_i|^2`` may round apart; rho would drift off 1).
+    """
+    d = x.shape[1]
+    if y is not None:
+        return (x[a0:a1] @ y.T).div_(d)
+    q = (x[a0:a1] @ x[a0:].T).div_(d)
     r = a1 - a0
-    q = (x[a0:a1] @ x[a0:].T).div_(x.shape[1])
-    v_in = states[0][0] if states else (x * x).sum(dim=1) / x.shape[1]
     square = q[:, :r]
     square.copy_((square + square.T) / 2)
+    if v_in is None:
+        v_in = (x * x).sum(dim=1) / d
     idx = torch.arange(r, device=x.device)
-    square[idx, idx] = v_in[a0:a1]  # exact same-sample pairs (angle exactly 0)
+    square[idx, idx] = v_in[a0:a1]
+    return q
+
+
+def _tile(steps, q, rows_states, cols_states, want_ntk: bool, p: int):
+    """Run the steps on one block of input covariances ``q`` ``(r, c)`` (consumed).
+
+    ``rows_states``/``cols_states``: per step, the rows' ``(v (r, 1), vd (p, r, 1))`` and
+    the columns' ``(v (1, c), vd (p, 1, c))``. Returns ``(K block, dK blocks (p, r, c))``.
+    """
     qd = torch.zeros((p, *q.shape), dtype=q.dtype, device=q.device)
     t = torch.zeros_like(q) if want_ntk else None
     td = torch.zeros_like(qd) if want_ntk else None
-    for step, (v, vd) in zip(steps, states):
+    for step, (v1, vd1), (v2, vd2) in zip(steps, rows_states, cols_states):
         if isinstance(step, _DenseStep):
             _dense(step, q, qd, t, td)
         else:
-            q = _arc(
-                step,
-                q,
-                qd,
-                t,
-                td,
-                v[a0:a1, None],
-                vd[:, a0:a1, None],
-                v[None, a0:],
-                vd[:, None, a0:],
-            )
+            q = _arc(step, q, qd, t, td, v1, vd1, v2, vd2)
     return (t, td) if want_ntk else (q, qd)
 
 
-def _store(dst: torch.Tensor, block: torch.Tensor, a0: int, a1: int) -> None:
+def _store_symmetric(dst: torch.Tensor, block: torch.Tensor, a0: int, a1: int) -> None:
     """Write rows ``a0:a1`` (columns ``a0:``) and their mirror; the square is symmetrized."""
     r = a1 - a0
     dst[a0:a1, a0:] = block

@@ -180,14 +180,6 @@ class _NetworkKernel(Kernel):
         return self._kernel(net, x, y)
 
     def _kernel(self, net, x, y) -> np.ndarray:
-        if y is None:  # fully connected ReLU-family specs: the same numbers, in place
-            from ntkit.sklearn._tangents import kernel_and_tangents
-
-            fused = kernel_and_tangents(
-                net, [], x, kind=self.kind, max_memory=self.max_memory, progress=self._bar(x)
-            )
-            if fused is not None:
-                return fused[0].numpy()
         return kernel_block(
             net, x, y, kind=self.kind, max_memory=self.max_memory, progress=self.progress
         ).numpy()
