@@ -2,10 +2,12 @@
 
 A Gaussian-process optimizer asks for ``K`` and ``dK/dlog(theta)`` for every free
 hyperparameter, dozens of times. Forward-mode autograd through the layers' out-of-place
-path costs about four kernel evaluations per hyperparameter; for the networks most GP
-users fit (``Dense`` layers with ReLU-family activations: ReLU, LeakyReLU, Abs, ABReLU,
-Identity) this module carries the tangents analytically beside the kernel, tile by tile
-and in place, so that all hyperparameters together cost about 1.5-2 kernel evaluations.
+path costs about six kernel evaluations per hyperparameter; for the networks most GP
+users fit (``Dense`` layers with ReLU-family activations: ReLU, LeakyReLU, Abs, ABReLU;
+``Identity``/``Flatten`` on flat inputs) this module carries the tangents analytically
+beside the kernel, tile by tile and in place: 1.7 kernel evaluations for one
+hyperparameter, 2.4 for two (n = 2000, ``benchmarks/sklearn_gp.py``). With no tangents it
+is the scikit-learn wrappers' kernel of these specs (the same numbers as the layers' path).
 
 How a hyperparameter reaches each layer is read off the spec itself: the spec is built with
 the hyperparameter as a forward-mode dual number, and each layer's ``w_std``, ``b_std``,
