@@ -10,6 +10,9 @@ Cases (float32, random init, ``mode="trace"``, ``dim = 4096`` by default):
   projections (as Hugging Face models are): token embedding + learned positions, 4 layers of
   width 256 with 4 heads and a 1024-wide feed-forward, mean pooling, a linear readout to 10
   classes; sequences of 32 tokens from a vocabulary of 4096.
+- ``torch_transformer`` (not run by default): the same encoder from PyTorch's
+  ``nn.TransformerEncoder``, whose ``nn.MultiheadAttention`` packs its projections into one
+  ``in_proj_weight`` (projected through the dense per-parameter fallback).
 
 Measured in this process, one after the other:
 
@@ -141,12 +144,35 @@ class Encoder(nn.Module):
         return self.head(self.ln(h).mean(1))
 
 
+class TorchEncoder(nn.Module):
+    """The same encoder from ``nn.TransformerEncoder`` (``nn.MultiheadAttention`` keeps its
+    query/key/value weights in one packed ``in_proj_weight`` applied by a functional call,
+    so ntkit projects those per-sample gradients by its dense fallback)."""
+
+    def __init__(self, vocab=4096, seq=32, d=256, heads=4, ff=1024, layers=4, n_out=10):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.pos = nn.Parameter(torch.randn(seq, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            d, heads, ff, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(
+            layer, layers, norm=nn.LayerNorm(d), enable_nested_tensor=False
+        )
+        self.head = nn.Linear(d, n_out)
+
+    def forward(self, ids):
+        return self.head(self.encoder(self.emb(ids) + self.pos).mean(1))
+
+
 def build(name: str, n: int):
     torch.manual_seed(0)
     if name == "resnet18":
         return ResNet18().eval(), torch.randn(n, 3, 32, 32)
     if name == "transformer":
         return Encoder().eval(), torch.randint(0, 4096, (n, 32))
+    if name == "torch_transformer":
+        return TorchEncoder().eval(), torch.randint(0, 4096, (n, 32))
     raise KeyError(name)
 
 
