@@ -3,12 +3,17 @@
 import pytest
 import torch
 
-from ntkit.predict import solve_psd
+from ntkit.predict import regression, solve_psd
 from tests.predict.helpers import randn
 
 
+@pytest.mark.parametrize("in_place_min_n", [4096, 0], ids=["torch", "scipy-in-place"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_solve_psd_with_ridge_matches_linalg_solve_and_leaves_input_alone(dtype):
+def test_solve_psd_with_ridge_matches_linalg_solve_and_leaves_input_alone(
+    dtype, in_place_min_n, monkeypatch
+):
+    # both Cholesky routes: torch's (small n) and scipy's in-place LAPACK (large n)
+    monkeypatch.setattr(regression, "IN_PLACE_MIN_N", in_place_min_n)
     x = randn(40, 3, seed=0)
     k = torch.exp(-(torch.cdist(x, x) ** 2)).to(dtype)
     y = randn(40, 2, seed=1).to(dtype)
@@ -20,7 +25,9 @@ def test_solve_psd_with_ridge_matches_linalg_solve_and_leaves_input_alone(dtype)
     torch.testing.assert_close(sol.double(), ref, atol=tol, rtol=tol)
 
 
-def test_indefinite_matrix_refused_or_projected_on_request():
+@pytest.mark.parametrize("in_place_min_n", [4096, 0], ids=["torch", "scipy-in-place"])
+def test_indefinite_matrix_refused_or_projected_on_request(in_place_min_n, monkeypatch):
+    monkeypatch.setattr(regression, "IN_PLACE_MIN_N", in_place_min_n)
     k = torch.diag(torch.tensor([2.0, 1.0, -3.0], dtype=torch.float64))  # Cholesky fails
     y = torch.ones(3, 1, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"not positive semi-definite.*eigenvalue is -2.5"):
