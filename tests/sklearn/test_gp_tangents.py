@@ -208,3 +208,30 @@ def test_extreme_scales_take_the_general_path():
     k = NTKKernel(depth=1, w_std=1.0, b_std=None)
     assert _tangents.kernel_and_tangents(k._net(), [], k._batch(x, "X"), kind="ntk") is None
     np.testing.assert_allclose(k(x) / 1e200, k(x / 1e100), rtol=1e-12)
+
+
+def test_equal_batches_float32_tiny_rows_and_empty_batches_behave_as_the_layers():
+    from ntkit.sklearn._compute import kernel_block
+
+    net = mlp(depth=2, w_std=1.3, b_std=0.2)
+    x = torch.from_numpy(_data(9, 5, seed=11))
+    layers = net.kernel(x, x.clone(), dtype=torch.float64).ntk
+    # an explicit second batch equal to the first: the exactly symmetric kernel
+    same = kernel_block(net, x, x.clone(), kind="ntk", max_memory=None)
+    torch.testing.assert_close(same, layers, rtol=0, atol=0)
+    torch.testing.assert_close(same, kernel_block(net, x, None, kind="ntk", max_memory=None))
+    # float32 inputs: a float64 kernel computed in float64
+    low = kernel_block(net, x.float(), None, kind="ntk", max_memory=None)
+    ref = net.kernel(x.float(), dtype=torch.float64).ntk
+    assert low.dtype == torch.float64
+    torch.testing.assert_close(low, ref, rtol=1e-14, atol=0)
+    # a zero row must not hide a row whose squares are subnormal: the layers' error
+    tiny = x.clone()
+    tiny[2], tiny[4] = 0.0, 1e-150
+    with pytest.raises(ValueError, match=r"x1\[4\] has entries of at most 1e-150"):
+        kernel_block(net, tiny, None, kind="ntk", max_memory=None)
+    # empty batches: the layers' error, not a reduction error
+    with pytest.raises(ValueError, match="x1 is an empty batch"):
+        kernel_block(net, x[:0], None, kind="ntk", max_memory=None)
+    with pytest.raises(ValueError, match="x2 is an empty batch"):
+        kernel_block(net, x, x[:0], kind="ntk", max_memory=None)

@@ -52,3 +52,24 @@ def test_bar_from_the_start_counts_every_tile(monkeypatch):
     monkeypatch.setattr(_progress.TileProgress, "advance", advance)
     _net().kernel(_tiles(), progress=True)
     assert len(seen) == 6
+
+
+def test_internal_kernels_honour_progress_false(monkeypatch, started):
+    # scikit-learn's forward-mode pass and NNGP diagonal run net.kernel with the wrapper's
+    # setting: never a bar with progress=False, however long the kernel
+    import numpy as np
+
+    from ntkit.sklearn import NNGPKernel, NTKKernel
+
+    monkeypatch.setattr(_progress, "DEFER_S", 0.0)
+    x = np.random.default_rng(0).normal(size=(1100, 3))
+    NTKKernel(depth=1, activation="erf", progress=False)(x[:600], eval_gradient=True)
+    NNGPKernel(depth=1, activation="erf", progress=False).diag(x)
+    assert started == []
+
+
+def test_deferred_bar_counts_tiles_done_before():
+    with _progress.tile_progress(10, done=6, enabled=None) as bar:
+        for _ in range(4):
+            bar.advance()
+    assert bar.done == 10

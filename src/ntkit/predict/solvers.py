@@ -237,7 +237,8 @@ def kernel_operator(
     x1 = as_float_tensor(x1, "x1", dtype=dtype)
     x2 = None if x2 is None else as_float_tensor(x2, "x2", dtype=dtype, device=x1.device)
     if hasattr(net, "kernel") and callable(net.kernel):
-        opts = {"get": get if get == "nngp" else ("nngp", "ntk"), "dtype": dtype}
+        # row blocks recomputed at every product: no bar per block
+        opts = {"get": get if get == "nngp" else ("nngp", "ntk"), "dtype": dtype, "progress": False}
         if max_memory is not None:
             opts["max_memory"] = max_memory
 

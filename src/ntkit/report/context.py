@@ -218,7 +218,8 @@ class ReportContext:
                 "test_test": (d.x_test, None),
             }[which]
             with self.timed(f"kernel {which}"):
-                self._kernels[which] = self.net.kernel(x1, x2)
+                # the report's own bar shows the step
+                self._kernels[which] = self.net.kernel(x1, x2, progress=False)
         return self._kernels[which]
 
     def finite_model(self, dtype: torch.dtype = torch.float64) -> torch.nn.Module:

@@ -40,7 +40,7 @@ def kernel_matrices_section(ctx: ReportContext) -> Section:
     """Heatmaps of the NNGP, the NTK and the finite network's empirical NTK."""
     x, labels = heatmap_points(ctx)
     with ctx.timed("kernel heatmap points"):
-        k = ctx.net.kernel(x)
+        k = ctx.net.kernel(x, progress=False)
     model = ctx.finite_model()
     n_out = ctx.data.n_classes
     with ctx.timed("empirical NTK"):
@@ -199,7 +199,7 @@ def width_convergence_section(ctx: ReportContext) -> Section:
         )
     x, _ = heatmap_points(ctx)
     x = x[: min(100, x.shape[0])]
-    analytic = ctx.net.kernel(x).get_ntk()
+    analytic = ctx.net.kernel(x, progress=False).get_ntk()
     n_out = ctx.data.n_classes
     eye = torch.eye(n_out, dtype=torch.float64)
     full_err, pntk_err = [], []

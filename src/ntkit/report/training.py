@@ -71,7 +71,7 @@ def gp_section(ctx: ReportContext) -> Section:
             return k_tt
         if x1 is d.x_test:
             return k_st if x2 is d.x_train else k_ss
-        return ctx.net.kernel(x1, x2)
+        return ctx.net.kernel(x1, x2, progress=False)
 
     with ctx.timed("ntk ensemble t=inf"):
         ens = gradient_descent_mse_ensemble(kernel_fn, d.x_train, d.y_train)(

@@ -85,7 +85,9 @@ def kernel_diagonal(
     (angle exactly 0) as the full kernel, so it equals ``diag(K(x, x))``.
     """
     if kind == "nngp":
-        k = net.kernel(x, x[:1], get="nngp", dtype=torch.float64, max_memory=max_memory)
+        k = net.kernel(
+            x, x[:1], get="nngp", dtype=torch.float64, max_memory=max_memory, progress=False
+        )
         return k.cov1.reshape(x.shape[0])
     parts = [
         kernel_block(

@@ -261,6 +261,13 @@ def kernel_and_tangents(
     """
     if x.ndim != 2 or (y is not None and (y.ndim != 2 or y.shape[1] != x.shape[1])):
         return None
+    if x.shape[0] == 0 or x.shape[1] == 0 or (y is not None and y.shape[0] == 0):
+        return None  # the layers' path names the empty batch
+    x = x.to(torch.float64)
+    if y is not None:
+        y = y.to(torch.float64)
+        if y.shape == x.shape and torch.equal(x, y):
+            y = None  # the same batch: the exactly symmetric kernel, as the layers give
     steps = plan(net, tangent_nets, x.shape[1])
     if steps is None:
         return None
@@ -312,8 +319,10 @@ def _checked_states(steps, x: torch.Tensor, p: int):
             return None
         if isinstance(step, _ArcStep) and not bool((v > 0).all()):
             return None
-        lo, hi = float(v.min()), float(v.max())
-        if (lo > 0 and lo * lo < info.tiny * 2**60) or hi * hi > info.max / 2**60:
+        positive = v[v > 0]
+        lo = float(positive.min()) if positive.numel() else math.inf
+        hi = float(v.max())
+        if lo * lo < info.tiny * 2**60 or hi * hi > info.max / 2**60:
             return None
     return states
 

@@ -290,7 +290,13 @@ class _NetworkKernel(Kernel):
                 # net.kernel itself (not the tile assembler): the differentiable entry point
                 get = ("nngp", "ntk") if self.kind == "ntk" else "nngp"
                 k = getattr(
-                    net.kernel(x, get=get, dtype=torch.float64, max_memory=self.max_memory),
+                    net.kernel(
+                        x,
+                        get=get,
+                        dtype=torch.float64,
+                        max_memory=self.max_memory,
+                        progress=self._bar(x),
+                    ),
                     self.kind,
                 )
             except (NotImplementedError, RuntimeError, TypeError, ValueError) as err:

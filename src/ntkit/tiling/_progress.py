@@ -103,6 +103,7 @@ def tile_progress(
     """
     if enabled is None:
         bar = TileProgress(None, None, total=total, description=description, defer_s=DEFER_S)
+        bar.done = done
         try:
             yield bar
         finally:
