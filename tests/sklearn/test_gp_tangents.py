@@ -235,3 +235,25 @@ def test_equal_batches_float32_tiny_rows_and_empty_batches_behave_as_the_layers(
         kernel_block(net, x[:0], None, kind="ntk", max_memory=None)
     with pytest.raises(ValueError, match="x2 is an empty batch"):
         kernel_block(net, x, x[:0], kind="ntk", max_memory=None)
+
+
+def test_tiles_in_worker_threads_give_the_serial_numbers(monkeypatch):
+    # tiles run in two worker threads of one torch thread each and write disjoint parts of
+    # the result: bit for bit what one thread computes, kernel and tangents
+    monkeypatch.setattr(_tangents, "TILE_ENTRIES", 7 * 60)  # row blocks of 7: 9 tiles
+    x = _data(60, 4, seed=12)
+    k = NTKKernel(depth=2, w_std=1.3, b_std=0.2)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = k(x, eval_gradient=True)
+        torch.set_num_threads(2)
+        parallel = k(x, eval_gradient=True)
+        cross = k(x, x[:25] + 0.5)
+        torch.set_num_threads(1)
+        cross_serial = k(x, x[:25] + 0.5)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(parallel[0], serial[0])
+    np.testing.assert_array_equal(parallel[1], serial[1])
+    np.testing.assert_array_equal(cross, cross_serial)

@@ -37,7 +37,9 @@ from typing import Any
 import torch
 import torch.autograd.forward_ad as fwad
 
+from ntkit._host import run_parallel
 from ntkit.layers import ABReLU, Dense, Flatten, Identity, Serial
+from ntkit.layers._driver import default_workers
 from ntkit.layers.activations import Activation
 from ntkit.layers.base import Layer
 from ntkit.settings import resolve_max_memory
@@ -45,10 +47,11 @@ from ntkit.tiling._progress import tile_progress
 
 __all__ = ["kernel_and_tangents"]
 
-#: Largest tile (entries) per torch thread: small enough that a tile's dozen working arrays
-#: stay in the processor's cache, large enough that per-operation overhead does not dominate
-#: (2^16 per thread measured best for n = 2000 on 1 and 2 threads).
-TILE_ENTRIES = 2**16
+#: Largest tile (entries): small enough that a tile's dozen working arrays stay in the
+#: processor's cache, large enough that per-operation overhead does not dominate. Tiles run
+#: in worker threads of one torch thread each (one per torch thread), like the layers' own
+#: driver.
+TILE_ENTRIES = 2**17
 
 _TWO_PI = 2.0 * math.pi
 
@@ -278,28 +281,39 @@ def kernel_and_tangents(
         return None
     n, m = x.shape[0], (x if y is None else y).shape[0]
     want_ntk = kind == "ntk"
+    workers = default_workers(x.device)
     row_bytes = 8 * m * (10 + (4 if want_ntk else 2) * max(p, 1))  # a tile row's arrays
     budget = resolve_max_memory(max_memory, x.device) - 8 * n * m * (p + 1)
-    if budget < row_bytes:
+    if budget < row_bytes * workers:
         return None  # the general path plans within the budget, or says why it cannot
-    rows = min(n, max(1, TILE_ENTRIES * torch.get_num_threads() // m), budget // row_bytes)
+    rows = min(n, max(1, TILE_ENTRIES // m), budget // (row_bytes * workers))
     out = torch.empty((n, m), dtype=x.dtype, device=x.device)
     grad = torch.empty((p, n, m), dtype=x.dtype, device=x.device)
-    starts = range(0, n, rows)
+    starts = [(a0,) for a0 in range(0, n, rows)]
+    v_in = states_x[0][0] if steps else None
+
+    def one_tile(a0: int) -> None:
+        # tiles write disjoint parts of the result: rows a0:a1 from column a0 on, and
+        # (symmetric) their mirror in columns a0:a1 below row a1
+        a1 = min(n, a0 + rows)
+        c0 = a0 if y is None else 0
+        q = _input_block(x, y, a0, a1, v_in)
+        rows_states = [(v[a0:a1, None], vd[:, a0:a1, None]) for v, vd in states_x]
+        cols_states = [(v[None, c0:], vd[:, None, c0:]) for v, vd in states_y]
+        k_tile, g_tile = _tile(steps, q, rows_states, cols_states, want_ntk, p)
+        for dst, block in ((out, k_tile), *zip(grad, g_tile)):
+            if y is None:
+                _store_symmetric(dst, block, a0, a1)
+            else:
+                dst[a0:a1] = block
+        bar.advance()
+
     with tile_progress(len(starts), enabled=progress, description="kernel tiles") as bar:
-        for a0 in starts:
-            a1 = min(n, a0 + rows)
-            c0 = a0 if y is None else 0  # symmetric: the upper part, mirrored below
-            q = _input_block(x, y, a0, a1, states_x[0][0] if steps else None)
-            rows_states = [(v[a0:a1, None], vd[:, a0:a1, None]) for v, vd in states_x]
-            cols_states = [(v[None, c0:], vd[:, None, c0:]) for v, vd in states_y]
-            k_tile, g_tile = _tile(steps, q, rows_states, cols_states, want_ntk, p)
-            for dst, block in ((out, k_tile), *zip(grad, g_tile)):
-                if y is None:
-                    _store_symmetric(dst, block, a0, a1)
-                else:
-                    dst[a0:a1] = block
-            bar.advance()
+        if workers <= 1:
+            for item in starts:
+                one_tile(*item)
+        else:  # tiles in worker threads of one torch thread each, as the layers' driver
+            run_parallel(one_tile, starts, min(workers, len(starts)))
     if not (bool(torch.isfinite(out.sum())) and bool(torch.isfinite(grad.sum()))):
         return None
     return out, grad.permute(1, 2, 0)
