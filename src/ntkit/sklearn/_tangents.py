@@ -5,8 +5,8 @@ hyperparameter, dozens of times. Forward-mode autograd through the layers' out-o
 path costs about six kernel evaluations per hyperparameter; for the networks most GP
 users fit (``Dense`` layers with ReLU-family activations: ReLU, LeakyReLU, Abs, ABReLU;
 ``Identity``/``Flatten`` on flat inputs) this module carries the tangents analytically
-beside the kernel, tile by tile and in place: 1.7 kernel evaluations for one
-hyperparameter, 2.4 for two (n = 2000, ``benchmarks/sklearn_gp.py``). With no tangents it
+beside the kernel, tile by tile and in place: 2.0 kernel evaluations for one
+hyperparameter, 2.8 for two (n = 2000, 2 threads, ``benchmarks/sklearn_gp.py``). With no tangents it
 is the scikit-learn wrappers' kernel of these specs (the same numbers as the layers' path).
 
 How a hyperparameter reaches each layer is read off the spec itself: the spec is built with
