@@ -6,8 +6,9 @@ path costs about six kernel evaluations per hyperparameter; for the networks mos
 users fit (``Dense`` layers with ReLU-family activations: ReLU, LeakyReLU, Abs, ABReLU;
 ``Identity``/``Flatten`` on flat inputs) this module carries the tangents analytically
 beside the kernel, tile by tile and in place: 2.0 kernel evaluations for one
-hyperparameter, 2.8 for two (n = 2000, 2 threads, ``benchmarks/sklearn_gp.py``). With no tangents it
-is the scikit-learn wrappers' kernel of these specs (the same numbers as the layers' path).
+hyperparameter, 2.8 for two (n = 2000, 2 threads, ``benchmarks/sklearn_gp.py``). With no
+tangents it is the scikit-learn wrappers' kernel of these specs (the same numbers as the
+layers' path).
 
 How a hyperparameter reaches each layer is read off the spec itself: the spec is built with
 the hyperparameter as a forward-mode dual number, and each layer's ``w_std``, ``b_std``,
