@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ntkit._validation import check_finite
+from ntkit.predict._checks import as_float_tensor
 
 __all__ = [
     "alignment",
@@ -40,22 +41,17 @@ __all__ = [
 
 def as_kernel_matrix(k, name: str = "K") -> torch.Tensor:
     """Check ``k`` is a finite square ``(n, n)`` real matrix; return it as float64."""
-    if isinstance(k, np.ndarray):
-        k = torch.from_numpy(np.ascontiguousarray(k))
-    if not isinstance(k, torch.Tensor):
+    if not isinstance(k, (torch.Tensor, np.ndarray)):
         raise TypeError(
             f"{name} must be a torch.Tensor or numpy.ndarray of shape (n, n); "
             f"got {type(k).__name__}."
         )
-    if k.is_complex():
-        raise TypeError(f"{name} must be real; got dtype {k.dtype}.")
+    k = as_float_tensor(k, name, dtype=torch.float64)
     if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] == 0:
         raise ValueError(
             f"{name} must be a square kernel matrix of shape (n, n) with n >= 1; got shape "
             f"{tuple(k.shape)} (reduce a full (n, n, O, O) NTK with mode='trace' first)."
         )
-    k = k.to(torch.float64)
-    check_finite(k, name)
     return k
 
 

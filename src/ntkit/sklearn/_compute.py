@@ -21,6 +21,14 @@ KINDS = ("ntk", "nngp")
 PROGRESS_ENTRIES = 2**24
 
 
+def show_progress(progress: bool | None, n1: int, n2: int) -> bool:
+    """Whether to show a bar: ``progress``, or for ``None`` a kernel of enough entries.
+
+    ``None`` means: only for an ``(n1, n2)`` kernel of at least :data:`PROGRESS_ENTRIES`.
+    """
+    return n1 * n2 >= PROGRESS_ENTRIES if progress is None else bool(progress)
+
+
 def kernel_block(
     net: Layer,
     x1: torch.Tensor,
@@ -54,10 +62,9 @@ def kernel_block(
 
     get = ("nngp", "ntk") if kind == "ntk" else "nngp"
     n2 = x1.shape[0] if x2 is None else x2.shape[0]
-    if progress is None:
-        progress = x1.shape[0] * n2 >= PROGRESS_ENTRIES
+    progress = show_progress(progress, x1.shape[0], n2)
     fused = kernel_and_tangents(
-        net, [], x1, x2, kind=kind, max_memory=max_memory, progress=bool(progress)
+        net, [], x1, x2, kind=kind, max_memory=max_memory, progress=progress
     )
     if fused is not None:
         return fused[0]
@@ -68,7 +75,7 @@ def kernel_block(
         get=get,
         dtype=torch.float64,
         max_memory=max_memory,
-        progress=bool(progress),
+        progress=progress,
     )
     return getattr(k, kind)
 

@@ -41,7 +41,8 @@ import torch.autograd.forward_ad as fwad
 from ntkit._host import run_parallel
 from ntkit.layers import ABReLU, Dense, Flatten, Identity, Serial
 from ntkit.layers._driver import default_workers
-from ntkit.layers.activations import Activation
+from ntkit.layers._tile import _fix_diagonal_square, input_covariance, input_variances
+from ntkit.layers.activations import Activation, _product_out_of_range
 from ntkit.layers.base import Layer
 from ntkit.settings import resolve_max_memory
 from ntkit.tiling._progress import tile_progress
@@ -327,17 +328,13 @@ def _checked_states(steps, x: torch.Tensor, p: int):
     non-finite variance, or squares of variances near the floating-point range (the layers
     rescale those pairs).
     """
-    states = _diagonal_states(steps, (x * x).sum(dim=1) / x.shape[1], p)
-    info = torch.finfo(x.dtype)
+    states = _diagonal_states(steps, input_variances(x, True), p)
     for step, (v, vd) in zip(steps, states):
         if not (bool(torch.isfinite(v).all()) and bool(torch.isfinite(vd).all())):
             return None
         if isinstance(step, _ArcStep) and not bool((v > 0).all()):
             return None
-        positive = v[v > 0]
-        lo = float(positive.min()) if positive.numel() else math.inf
-        hi = float(v.max())
-        if lo * lo < info.tiny * 2**60 or hi * hi > info.max / 2**60:
+        if _product_out_of_range(v, v):
             return None
     return states
 
@@ -346,19 +343,14 @@ def _input_block(x, y, a0: int, a1: int, v_in) -> torch.Tensor:
     """Input covariances of rows ``a0:a1`` with ``y`` (or with ``x[a0:]`` when symmetric).
 
     Symmetric: the same-batch square is made exactly symmetric with the exact variances on
-    its diagonal (``x_i . x_i`` and ``|x_i|^2`` may round apart; rho would drift off 1).
+    its diagonal, as the layers' tiles do.
     """
-    d = x.shape[1]
     if y is not None:
-        return (x[a0:a1] @ y.T).div_(d)
-    q = (x[a0:a1] @ x[a0:].T).div_(d)
-    r = a1 - a0
-    square = q[:, :r]
-    square.copy_((square + square.T) / 2)
+        return input_covariance(x[a0:a1], y, True)
+    q = input_covariance(x[a0:a1], x[a0:], True)
     if v_in is None:
-        v_in = (x * x).sum(dim=1) / d
-    idx = torch.arange(r, device=x.device)
-    square[idx, idx] = v_in[a0:a1]
+        v_in = input_variances(x, True)
+    _fix_diagonal_square(q, v_in[a0:a1], n_sp_in=0, diagonal_spatial=True)
     return q
 
 

@@ -17,7 +17,7 @@ from sklearn.gaussian_process.kernels import Hyperparameter, Kernel
 from sklearn.utils import check_array
 
 from ntkit.layers.base import Layer
-from ntkit.sklearn._compute import PROGRESS_ENTRIES, kernel_block, kernel_diagonal
+from ntkit.sklearn._compute import kernel_block, kernel_diagonal, show_progress
 from ntkit.sklearn._specs import (
     MLP_DEFAULTS,
     build_spec,
@@ -228,9 +228,8 @@ class _NetworkKernel(Kernel):
 
     def _bar(self, x: torch.Tensor) -> bool:
         """Whether a kernel of ``x`` with itself shows a progress bar (as ``kernel_block``)."""
-        if self.progress is None:
-            return x.shape[0] ** 2 >= PROGRESS_ENTRIES
-        return bool(self.progress) and x.shape[0] > 2  # never for the two-sample probes
+        # never for the two-sample probes
+        return show_progress(self.progress, x.shape[0], x.shape[0]) and x.shape[0] > 2
 
     def _fused(self, x: torch.Tensor, names: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
         """``(K, dK/dlog(theta))`` in one in-place pass for fully connected ReLU-family specs.
