@@ -201,19 +201,22 @@ class _SafeSqrt(torch.autograd.Function):
         ctx.save_for_forward(output)
 
     @staticmethod
-    def backward(ctx, grad):
-        (root,) = ctx.saved_tensors
+    def _times_derivative(root: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """``g / (2 sqrt(x))`` where the root is positive, 0 on the correlated manifold."""
         positive = root > 0
         safe = torch.where(positive, root, torch.ones_like(root))
-        return torch.where(positive, grad / (2.0 * safe), torch.zeros_like(grad))
+        return torch.where(positive, g / (2.0 * safe), torch.zeros_like(g))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (root,) = ctx.saved_tensors
+        return _SafeSqrt._times_derivative(root, grad)
 
     @staticmethod
     def jvp(ctx, tangent):
-        # forward mode (dual tensors): the same derivative, 0 on the correlated manifold
+        # forward mode (dual tensors): the same derivative
         (root,) = ctx.saved_tensors
-        positive = root > 0
-        safe = torch.where(positive, root, torch.ones_like(root))
-        return torch.where(positive, tangent / (2.0 * safe), torch.zeros_like(tangent))
+        return _SafeSqrt._times_derivative(root, tangent)
 
 
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
